@@ -1,0 +1,161 @@
+r"""Filter learning with the feature maps fixed (Zeiler et al. 2010, Sec. 3.2; toolbox
+``fast_learn_filters.m`` and ``plane_normalize.m``).
+
+With ``z`` fixed the data term is a quadratic in the filters,
+
+.. math:: Q(f) = \frac{\lambda}{2}\sum_b\sum_c \Big\|\sum_k g_{kc}\, z_{bk} * f_{kc} - y_{bc}\Big\|^2,
+
+whose gradient is ``lam * G(z, D_z f - y)`` with ``G`` the correlation of
+:meth:`deconvnet.ops.ConvOperator.filter_gradient`. Two updates are offered:
+
+``"cg"`` (the paper and the toolbox)
+    ``n_iter`` conjugate-gradient iterations on the normal equations, warm-started at the
+    current filters, then every connected 2-D plane ``f[k, c]`` divided by its L2 norm.
+``"gradient"``
+    ``n_iter`` steps of projected gradient on the convex set ``||f_kc|| <= 1`` (exact line
+    search along ``-grad Q``, halved until the projected point lowers ``Q``), then every
+    connected plane rescaled to unit norm.
+
+Renormalising can undo part of the decrease; both updates therefore end with a safeguard:
+if ``Q`` at the normalised result exceeds ``Q`` at the (normalised) input, the step is
+shortened along the sphere, ``normalize(f + t (f_new - f))`` for ``t = 1/2, 1/4, ...``, down to
+keeping the input. So an update never increases the data term, and its planes have unit norm.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_filters, check_int, check_positive
+from .ops import ConvOperator, as_connectivity
+
+__all__ = ["update_filters", "normalize_planes", "init_filters", "FILTER_METHODS"]
+
+FILTER_METHODS = ("cg", "gradient")
+_MAX_HALVINGS = 12
+
+
+def normalize_planes(f: torch.Tensor, g=None) -> torch.Tensor:
+    """Divide every plane ``f[k, c]`` by its L2 norm; planes with ``g[k, c] = 0`` (or zero norm)
+    become zero. ``(K, C, s, s) -> (K, C, s, s)``."""
+    K, C, _ = check_filters(f)
+    norms = f.flatten(2).norm(dim=2)[:, :, None, None]
+    tiny = torch.finfo(f.dtype).tiny
+    out = torch.where(norms > tiny, f / norms.clamp_min(tiny), torch.zeros_like(f))
+    mask = as_connectivity(g, K, C, device=f.device)
+    if mask is not None:
+        out = out * mask[:, :, None, None].to(f.dtype)
+    return out
+
+
+def init_filters(K: int, C: int, s: int, g=None, *, seed: int = 0, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """Random unit-norm planes, i.i.d. N(0, 1) before normalisation (the toolbox's init);
+    reproducible from ``seed`` on any device."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    f = torch.randn(K, C, s, s, generator=gen, dtype=torch.float64)
+    return normalize_planes(f.to(device=device, dtype=dtype), g)
+
+
+def update_filters(y: torch.Tensor, z: torch.Tensor, f: torch.Tensor, *, lam: float = 1.0, g=None,
+                   boundary: str = "valid", method: str = "cg", n_iter: int = 2) -> torch.Tensor:
+    r"""One filter update with the maps fixed; see the module docstring.
+
+    Args:
+        y: inputs ``(B, C, H, W)``.
+        z: maps ``(B, K, H+s-1, W+s-1)`` (valid) or ``(B, K, H, W)`` (circular).
+        f: current filters ``(K, C, s, s)``.
+        lam: weight of the data term.
+        g: connectivity ``(K, C)`` or ``None``.
+        method: ``"cg"`` or ``"gradient"``.
+        n_iter: CG iterations / gradient steps (toolbox: 2 at layer 1, 4 above).
+
+    Returns:
+        New filters ``(K, C, s, s)``, unit-norm connected planes, zero elsewhere; the data term
+        at the result is never above the data term at ``normalize_planes(f)``.
+    """
+    if method not in FILTER_METHODS:
+        raise ValueError(f"filter method={method!r} is not known; use one of {FILTER_METHODS}")
+    lam = check_positive("lam", lam)
+    n_iter = check_int("n_iter", n_iter)
+    op = ConvOperator(f, g, boundary)
+    op.check_pair(y, z)
+    f0 = normalize_planes(op.f, op.g)
+
+    def residual(fv):
+        return op.with_filters(fv).forward(z) - y
+
+    R0 = residual(f0)
+    Q0 = 0.5 * lam * float((R0 * R0).sum())
+    if method == "cg":
+        f_new = _cg(op, z, f0, R0, lam, n_iter)
+    else:
+        f_new = _projected_gradient(op, z, y, f0, R0, Q0, lam, n_iter, residual)[0]
+    return _monotone_retraction(op, f0, Q0, normalize_planes(f_new, op.g), lam, residual)
+
+
+def _cg(op: ConvOperator, z, f0, R0, lam, n_iter):
+    """CG on ``lam G(z, D_z f) = lam G(z, y)`` from ``f0``; returns the unnormalised iterate."""
+    tiny = torch.finfo(f0.dtype).tiny
+    fc = f0.clone()
+    r = -lam * op.filter_gradient(z, R0)  # minus the gradient of Q
+    d = r
+    rs = float((r * r).sum())
+    for _ in range(n_iter):
+        if rs <= tiny:
+            break
+        Dd = op.with_filters(d).forward(z)
+        Hd = lam * op.filter_gradient(z, Dd)
+        dHd = float((d * Hd).sum())
+        if dHd <= tiny:
+            break
+        alpha = rs / dHd
+        fc = fc + alpha * d
+        r = r - alpha * Hd
+        rs_new = float((r * r).sum())
+        d = r + (rs_new / rs) * d
+        rs = rs_new
+    return fc
+
+
+def _project_balls(f: torch.Tensor) -> torch.Tensor:
+    """Project every plane onto the unit ball ``||f_kc|| <= 1`` (a convex set)."""
+    norms = f.flatten(2).norm(dim=2)[:, :, None, None]
+    return f / norms.clamp_min(1.0)
+
+
+def _projected_gradient(op, z, y, f, R, Q, lam, n_iter, residual):
+    """Projected gradient on the convex set of planes with ``||f_kc|| <= 1`` (as in SPORCO's
+    and Mairal et al.'s dictionary updates): a step of exact-line-search length along
+    ``-grad Q``, halved until the projected point lowers ``Q``. Returns unnormalised filters."""
+    tiny = torch.finfo(f.dtype).tiny
+    for _ in range(n_iter):
+        G = lam * op.filter_gradient(z, R)
+        DG = op.with_filters(G).forward(z)
+        den = lam * float((DG * DG).sum())
+        if den <= tiny:
+            break
+        step = float((G * G).sum()) / den
+        for _ in range(_MAX_HALVINGS):
+            cand = _project_balls(f - step * G)
+            R_c = residual(cand)
+            Q_c = 0.5 * lam * float((R_c * R_c).sum())
+            if Q_c <= Q:
+                break
+            step *= 0.5
+        else:
+            break
+        f, R, Q = cand, R_c, Q_c
+    return f, R, Q
+
+
+def _monotone_retraction(op, f_old, Q_old, f_new, lam, residual):
+    """Shorten ``f_old -> f_new`` along the unit-norm planes until ``Q`` does not increase."""
+    t = 1.0
+    cand = f_new
+    for _ in range(_MAX_HALVINGS):
+        R = residual(cand)
+        if 0.5 * lam * float((R * R).sum()) <= Q_old:
+            return cand
+        t *= 0.5
+        cand = normalize_planes(f_old + t * (f_new - f_old), op.g)
+    return f_old

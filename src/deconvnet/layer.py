@@ -1,0 +1,221 @@
+r"""One deconvolutional layer as a scikit-learn-style estimator.
+
+Training (Zeiler et al. 2010, Sec. 3 and Algorithm 1; toolbox ``train_recon_layer.m``):
+for every epoch, visit the images in a fresh random order; for each image (``batch_size=1``,
+the toolbox) or mini-batch, infer its maps with the filters fixed, warm-started from that
+image's maps of the previous epoch, then update the filters with those maps fixed and
+renormalise every plane. ``fit`` learns ``filters_``; ``transform`` infers maps;
+``inverse_transform`` synthesises inputs from maps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ._checks import BOUNDARIES, check_int, check_p, check_positive
+from .filters import FILTER_METHODS, init_filters, update_filters
+from .inference import METHODS, sparse_code
+from .ops import as_connectivity, synthesize
+
+__all__ = ["DeconvLayer", "EpochRecord"]
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """Totals over one epoch, from each batch's inference just before its filter update."""
+
+    epoch: int
+    objective: float
+    data: float
+    penalty: float
+    nonzero_fraction: float
+    seconds: float
+
+
+class DeconvLayer:
+    """A convolutional sparse-coding layer: ``y_c ~ sum_k g_kc z_k * f_kc`` with sparse ``z``.
+
+    Args:
+        in_channels: ``C``, channels of the input (1 grey, 3 RGB, or the maps of the layer below).
+        n_maps: ``K``, feature maps.
+        filter_size: ``s``, filters are ``s x s``.
+        lam: data-term weight (toolbox default 1).
+        p: sparsity exponent in ``(0, 1]``.
+        connectivity: ``None``/``"full"`` or a ``(K, C)`` 0/1 matrix.
+        method: inference method, ``"fista"``, ``"continuation"`` or ``"admm"`` (circular only).
+        boundary: ``"valid"`` (paper) or ``"circular"``.
+        n_epochs: passes over the training images.
+        batch_size: images per filter update (1 = per image, as the toolbox).
+        filter_method, filter_iters: filter update (``"cg"`` as the paper, or ``"gradient"``)
+            and its iterations per update.
+        max_iter, tol, beta0, beta_inc, n_beta, n_cg: passed to :func:`~deconvnet.sparse_code`.
+        seed: seeds the filter initialisation and the image order.
+        device, dtype: where and in which precision to compute.
+        progress: show a progress bar during ``fit``.
+
+    Attributes:
+        filters_: learned filters ``(K, C, s, s)``, unit-norm connected planes.
+        connectivity_: ``(K, C)`` boolean tensor.
+        history_: list of :class:`EpochRecord`.
+        maps_: the training images' maps from the last epoch (list of ``(1, K, H', W')``).
+    """
+
+    def __init__(self, in_channels: int, n_maps: int, filter_size: int, *, lam: float = 1.0, p: float = 1.0,
+                 connectivity=None, method: str = "fista", boundary: str = "valid", n_epochs: int = 5,
+                 batch_size: int = 1, filter_method: str = "cg", filter_iters: int = 2,
+                 max_iter: int | None = None, tol: float | None = None, beta0: float = 1.0,
+                 beta_inc: float = 10.0, n_beta: int = 6, n_cg: int = 2, seed: int = 0,
+                 device="cpu", dtype=torch.float32, progress: bool = False):
+        self.in_channels = check_int("in_channels", in_channels)
+        self.n_maps = check_int("n_maps", n_maps)
+        self.filter_size = check_int("filter_size", filter_size)
+        self.lam = check_positive("lam", lam)
+        self.p = check_p(p)
+        if method not in METHODS:
+            raise ValueError(f"method={method!r} is not known; use one of {METHODS}")
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"boundary={boundary!r} is not supported; use one of {BOUNDARIES}")
+        if method == "admm" and boundary != "circular":
+            raise ValueError("method='admm' needs boundary='circular'")
+        if filter_method not in FILTER_METHODS:
+            raise ValueError(f"filter_method={filter_method!r} is not known; use one of {FILTER_METHODS}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        self.method, self.boundary, self.filter_method = method, boundary, filter_method
+        self.n_epochs = check_int("n_epochs", n_epochs)
+        self.batch_size = check_int("batch_size", batch_size)
+        self.filter_iters = check_int("filter_iters", filter_iters)
+        self.max_iter, self.tol = max_iter, tol
+        self.beta0, self.beta_inc, self.n_beta, self.n_cg = beta0, beta_inc, n_beta, n_cg
+        self.seed = int(seed)
+        self.device, self.dtype = torch.device(device), dtype
+        self.progress = progress
+        g = as_connectivity(connectivity, self.n_maps, self.in_channels, device=self.device)
+        self.connectivity_ = (torch.ones(self.n_maps, self.in_channels, dtype=torch.bool, device=self.device)
+                              if g is None else g)
+        self._g = g
+
+    # ---------------------------------------------------------------- helpers
+    def _images(self, images, name="images") -> list[torch.Tensor]:
+        """Accept ``(N, C, H, W)`` (numpy or torch) or a list of ``(C, H, W)``; return a list of
+        ``(1, C, H, W)`` tensors on the layer's device and dtype."""
+        if isinstance(images, (list, tuple)):
+            items = [torch.as_tensor(np.asarray(im) if not isinstance(im, torch.Tensor) else im) for im in images]
+            for i, im in enumerate(items):
+                if im.ndim != 3:
+                    raise ValueError(f"{name}[{i}] must have shape (C, H, W), got {tuple(im.shape)}")
+            items = [im[None] for im in items]
+        else:
+            t = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+            if t.ndim != 4:
+                raise ValueError(f"{name} must have shape (N, C, H, W), got {tuple(t.shape)}")
+            items = list(t.split(1))
+        if not items:
+            raise ValueError(f"{name} is empty")
+        s = self.filter_size
+        out = []
+        for i, im in enumerate(items):
+            if im.shape[1] != self.in_channels:
+                raise ValueError(f"{name}[{i}] has {im.shape[1]} channels; this layer expects {self.in_channels}")
+            if self.boundary == "circular" and min(im.shape[2:]) < s:
+                raise ValueError(f"{name}[{i}] of size {tuple(im.shape[2:])} is smaller than the {s}x{s} filters")
+            im = im.to(device=self.device, dtype=self.dtype)
+            if not bool(torch.isfinite(im).all()):
+                raise ValueError(f"{name}[{i}] contains NaN or Inf")
+            out.append(im)
+        return out
+
+    def _batches(self, order: list[int], shapes: list[tuple]) -> list[list[int]]:
+        """Consecutive chunks of ``batch_size`` indices, split where the image size changes."""
+        batches = []
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            groups: dict[tuple, list[int]] = {}
+            for i in chunk:
+                groups.setdefault(shapes[i], []).append(i)
+            batches.extend(groups.values())
+        return batches
+
+    def _code(self, y, f, z0=None):
+        return sparse_code(y, f, lam=self.lam, p=self.p, g=self._g, method=self.method, boundary=self.boundary,
+                           z0=z0, max_iter=self.max_iter, tol=self.tol, beta0=self.beta0, beta_inc=self.beta_inc,
+                           n_beta=self.n_beta, n_cg=self.n_cg)
+
+    def _check_fitted(self):
+        if not hasattr(self, "filters_"):
+            raise RuntimeError("this DeconvLayer is not fitted yet: call fit(images) first")
+
+    # -------------------------------------------------------------------- API
+    def fit(self, images) -> "DeconvLayer":
+        """Learn ``filters_`` from images ``(N, C, H, W)`` or a list of ``(C, H, W)``."""
+        X = self._images(images)
+        f = init_filters(self.n_maps, self.in_channels, self.filter_size, self._g, seed=self.seed,
+                         dtype=self.dtype, device=self.device)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        shapes = [tuple(x.shape) for x in X]
+        maps: list[torch.Tensor | None] = [None] * len(X)
+        self.history_ = []
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm  # noqa: PLC0415
+
+            bar = tqdm(total=self.n_epochs * len(X), desc="layer", unit="img")
+        for epoch in range(1, self.n_epochs + 1):
+            t0 = time.perf_counter()
+            order = torch.randperm(len(X), generator=gen).tolist()
+            tot = dat = pen = 0.0
+            nnz = count = 0
+            for idx in self._batches(order, shapes):
+                y = torch.cat([X[i] for i in idx])
+                z0 = torch.cat([maps[i] for i in idx]) if all(maps[i] is not None for i in idx) else None
+                res = self._code(y, f, z0)
+                for j, i in enumerate(idx):
+                    maps[i] = res.z[j:j + 1]
+                last = res.history[-1]
+                tot, dat, pen = tot + last.objective, dat + last.data, pen + last.penalty
+                nnz += int((res.z != 0).sum())
+                count += res.z.numel()
+                f = update_filters(y, res.z, f, lam=self.lam, g=self._g, boundary=self.boundary,
+                                   method=self.filter_method, n_iter=self.filter_iters)
+                if bar is not None:
+                    bar.update(len(idx))
+                    bar.set_postfix(epoch=epoch, objective=f"{tot:.4g}")
+            self.history_.append(EpochRecord(epoch, tot, dat, pen, nnz / max(count, 1), time.perf_counter() - t0))
+        if bar is not None:
+            bar.close()
+        self.filters_ = f
+        self.maps_ = maps
+        return self
+
+    def transform(self, images):
+        """Infer maps: ``(N, C, H, W) -> (N, K, H+s-1, W+s-1)`` (valid) or ``(N, K, H, W)``
+        (circular); a list of images of different sizes gives a list of ``(K, H', W')``."""
+        self._check_fitted()
+        X = self._images(images)
+        shapes = [tuple(x.shape) for x in X]
+        out: list[torch.Tensor | None] = [None] * len(X)
+        for idx in self._batches(list(range(len(X))), shapes):
+            z = self._code(torch.cat([X[i] for i in idx]), self.filters_).z
+            for j, i in enumerate(idx):
+                out[i] = z[j]
+        if len(set(shapes)) == 1:
+            return torch.stack(out)
+        return out
+
+    def fit_transform(self, images):
+        """``fit(images)`` then ``transform(images)``."""
+        return self.fit(images).transform(images)
+
+    def inverse_transform(self, maps):
+        """Synthesise inputs from maps: ``(N, K, H', W') -> (N, C, H, W)``."""
+        self._check_fitted()
+        if isinstance(maps, (list, tuple)):
+            return [self.inverse_transform(m[None])[0] for m in maps]
+        z = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(np.asarray(maps))
+        if z.ndim != 4 or z.shape[1] != self.n_maps:
+            raise ValueError(f"maps must have shape (N, {self.n_maps}, H', W'), got {tuple(z.shape)}")
+        return synthesize(z.to(device=self.device, dtype=self.dtype), self.filters_, self._g, self.boundary)

@@ -1,0 +1,299 @@
+r"""The synthesis operator of a deconvolutional layer, its adjoint and its filter gradient.
+
+Zeiler et al. 2010, Sec. 2, eq. (1)/(3): layer ``l`` reconstructs each input map ``y_c`` from
+its feature maps ``z_k`` through filters ``f_kc`` and a fixed 0/1 connectivity ``g``:
+
+.. math::  \hat y_c = (D z)_c = \sum_k g_{kc}\, (z_k * f_{kc})
+
+where ``*`` is a *true* 2-D convolution (MATLAB's ``conv2``). Two boundaries are offered:
+
+``"valid"`` (the paper, the toolbox)
+    ``z_k`` is ``(H+s-1) x (W+s-1)`` and ``z_k * f_kc`` is the 'valid' part, ``H x W``
+    (``scipy.signal.convolve2d(z_k, f_kc, mode="valid")``).
+``"circular"``
+    ``z_k`` is ``H x W`` and the convolution is periodic, i.e. the product of the 2-D DFTs
+    of ``z_k`` and of ``f_kc`` zero-padded to ``H x W`` (as in SPORCO's ConvBPDN).
+
+Relation to PyTorch (the "deconvolution" question of the seed note). With filters stored in
+the ``conv_transpose2d`` weight layout ``(K, C, s, s)``::
+
+    D z    == F.conv_transpose2d(z, f, padding=s-1)   # (B,K,H+s-1,W+s-1) -> (B,C,H,W)
+    D^T r  == F.conv2d(r, f, padding=s-1)             # (B,C,H,W) -> (B,K,H+s-1,W+s-1)
+
+So the paper's synthesis, seen from the maps, *is* a transposed convolution (the full
+convolution cropped by ``s-1`` on each side), and the adjoint used by every inference method
+is an ordinary correlation with zero padding ``s-1``. Neither inverts the other:
+``D^T D`` is not the identity, and the maps are found by optimisation, not by applying
+an inverse. (For speed this module computes ``D`` as a depthwise convolution followed by a sum
+over ``k``, which gives the same numbers.)
+
+Sparse connectivity: when ``g`` has few ones (the paper's 'singles and all doubles' and
+'random doubles'), the operators work on the list of connections ``(k_e, c_e)`` and cost
+``O(E)`` convolutions for ``E = sum(g)`` instead of ``O(K C)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_boundary, check_filters, check_same, check_tensor, image_size, map_size
+
+__all__ = ["ConvOperator", "synthesize", "synthesize_adjoint", "filter_gradient", "as_connectivity"]
+
+#: below this fraction of ones in ``g`` the edge-list path is used.
+SPARSE_FRACTION = 0.5
+
+
+def as_connectivity(g, K: int, C: int, device=None) -> torch.Tensor | None:
+    """Return ``g`` as a boolean ``(K, C)`` tensor, or ``None`` for full connectivity.
+
+    Accepts ``None``, the string ``"full"``, or any ``(K, C)`` array-like of zeros and ones.
+    """
+    if g is None or (isinstance(g, str) and g == "full"):
+        return None
+    if isinstance(g, str):
+        raise ValueError(f"connectivity {g!r} is not a (K, C) 0/1 matrix; strings allowed here: 'full'")
+    g = torch.as_tensor(g, device=device)
+    if g.shape != (K, C):
+        raise ValueError(f"connectivity g must have shape (K, C) = ({K}, {C}), got {tuple(g.shape)}")
+    if not bool(((g == 0) | (g == 1)).all()):
+        raise ValueError("connectivity g must contain only 0 and 1")
+    g = g.to(torch.bool)
+    if not bool(g.any(dim=1).all()):
+        raise ValueError("connectivity g leaves a feature map unconnected (a row of zeros)")
+    if bool(g.all()):
+        return None
+    return g
+
+
+class ConvOperator:
+    r"""The linear map :math:`D: z \mapsto \hat y` for fixed filters, with its adjoint.
+
+    Build it once per set of filters; the solvers call :meth:`forward` and :meth:`adjoint`
+    every iteration, so all reshaping of the filters is done here.
+
+    Args:
+        f: filters ``(K, C, s, s)``.
+        g: connectivity, ``None`` (full) or ``(K, C)`` 0/1.
+        boundary: ``"valid"`` or ``"circular"``.
+
+    Shape:
+        - forward: ``(B, K, H+s-1, W+s-1) -> (B, C, H, W)`` (valid) or ``(B,K,H,W) -> (B,C,H,W)``.
+        - adjoint: the reverse.
+    """
+
+    def __init__(self, f: torch.Tensor, g=None, boundary: str = "valid"):
+        K, C, s = check_filters(f)
+        self.boundary = check_boundary(boundary)
+        self.K, self.C, self.s = K, C, s
+        self.dtype, self.device = f.dtype, f.device
+        self.g = as_connectivity(g, K, C, device=f.device)
+        mask = torch.ones(K, C, dtype=torch.bool, device=f.device) if self.g is None else self.g
+        self.f = f * mask[:, :, None, None].to(f.dtype)
+        self.n_connections = int(mask.sum())
+        self.sparse = self.g is not None and self.n_connections <= SPARSE_FRACTION * K * C
+        flipped = self.f.flip(-1, -2)  # true convolution = correlation with the flipped filter
+        if self.sparse:
+            k_e, c_e = mask.nonzero(as_tuple=True)  # sorted by k, then c
+            self.k_e, self.c_e = k_e, c_e
+            E = self.n_connections
+            self._w_synth = flipped[k_e, c_e].reshape(E, 1, s, s).contiguous()
+            self._w_adj = self.f[k_e, c_e].reshape(E, 1, s, s).contiguous()
+        else:
+            # depthwise with channel multiplier C: output channel k*C + c holds z_k * f_kc
+            self._w_synth = flipped.reshape(K * C, 1, s, s).contiguous()
+            self._w_adj = self.f.contiguous()
+        # Single-channel inputs: both operators run as depthwise convolutions on maps stored
+        # channels-last, which oneDNN runs several times faster on CPU than the dense
+        # K -> 1 convolution (see benchmarks/bench_inference.py). Solvers keep their iterates
+        # in ``self.memory_format`` so no layout conversion happens inside the loop.
+        self.memory_format = torch.channels_last if (not self.sparse and C == 1) else torch.contiguous_format
+
+    # ------------------------------------------------------------------ shapes
+    def map_shape(self, y_shape) -> tuple[int, int, int, int]:
+        B, _, H, W = y_shape
+        return (B, self.K, *map_size(H, W, self.s, self.boundary))
+
+    def image_shape(self, z_shape) -> tuple[int, int, int, int]:
+        B, _, Hz, Wz = z_shape
+        return (B, self.C, *image_size(Hz, Wz, self.s, self.boundary))
+
+    def check_maps(self, z: torch.Tensor) -> torch.Tensor:
+        check_tensor("z", z, 4, "(B, K, H', W')")
+        check_same("z", z, self.f)
+        if z.shape[1] != self.K:
+            raise ValueError(f"z has {z.shape[1]} maps but the filters have K={self.K}: z is {tuple(z.shape)}")
+        H, W = image_size(z.shape[2], z.shape[3], self.s, self.boundary)
+        if H < 1 or W < 1 or (self.boundary == "circular" and (self.s > H or self.s > W)):
+            raise ValueError(f"maps of size {tuple(z.shape[2:])} are too small for {self.s}x{self.s} filters "
+                             f"with boundary={self.boundary!r}")
+        return z
+
+    def check_images(self, y: torch.Tensor, name: str = "y") -> torch.Tensor:
+        check_tensor(name, y, 4, "(B, C, H, W)")
+        check_same(name, y, self.f)
+        if y.shape[1] != self.C:
+            raise ValueError(f"{name} has {y.shape[1]} channels but the filters expect C={self.C}: "
+                             f"{name} is {tuple(y.shape)}")
+        if self.boundary == "circular" and (self.s > y.shape[2] or self.s > y.shape[3]):
+            raise ValueError(f"{name} of size {tuple(y.shape[2:])} is smaller than the {self.s}x{self.s} filters")
+        return y
+
+    def check_pair(self, y: torch.Tensor, z: torch.Tensor) -> None:
+        """Check inputs ``y`` and maps ``z`` separately and against each other."""
+        self.check_images(y)
+        self.check_maps(z)
+        if tuple(z.shape) != self.map_shape(y.shape):
+            raise ValueError(f"maps of shape {tuple(z.shape)} do not fit inputs of shape {tuple(y.shape)}: "
+                             f"expected {self.map_shape(y.shape)} for {self.s}x{self.s} filters, "
+                             f"boundary={self.boundary!r}")
+
+    # -------------------------------------------------------------- operators
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``D z``: ``(B, K, Hz, Wz) -> (B, C, H, W)``."""
+        s = self.s
+        if self.boundary == "circular":
+            # periodic convolution = 'valid' convolution of the map wrapped by s-1 on top/left
+            z = F.pad(z, (s - 1, 0, s - 1, 0), mode="circular") if s > 1 else z
+        B, K, Hz, Wz = z.shape
+        H, W = Hz - s + 1, Wz - s + 1
+        if self.sparse:
+            zk = z.index_select(1, self.k_e)  # (B, E, Hz, Wz)
+            pieces = F.conv2d(zk, self._w_synth, groups=self.n_connections)  # (B, E, H, W)
+            out = torch.zeros(B, self.C, H, W, dtype=z.dtype, device=z.device)
+            return out.index_add_(1, self.c_e, pieces)
+        if self.memory_format is torch.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)  # no copy when already so
+        pieces = F.conv2d(z, self._w_synth, groups=K)  # (B, K*C, H, W)
+        if self.C == 1:
+            return pieces.sum(1, keepdim=True)
+        return pieces.view(B, K, self.C, H, W).sum(1)
+
+    def adjoint(self, r: torch.Tensor) -> torch.Tensor:
+        """``D^T r``: ``(B, C, H, W) -> (B, K, Hz, Wz)``; full correlation with each filter."""
+        s = self.s
+        if self.sparse:
+            B, _, H, W = r.shape
+            rc = r.index_select(1, self.c_e)  # (B, E, H, W)
+            pieces = F.conv2d(rc, self._w_adj, padding=s - 1, groups=self.n_connections)
+            out = torch.zeros(B, self.K, H + s - 1, W + s - 1, dtype=r.dtype, device=r.device)
+            out = out.index_add_(1, self.k_e, pieces)
+        elif self.memory_format is torch.channels_last:  # C == 1: depthwise on K copies of r
+            B, _, H, W = r.shape
+            rk = r.expand(B, self.K, H, W).contiguous(memory_format=torch.channels_last)
+            out = F.conv2d(rk, self._w_adj, padding=s - 1, groups=self.K)
+        else:
+            out = F.conv2d(r, self._w_adj, padding=s - 1)  # (B, K, H+s-1, W+s-1)
+        if self.boundary == "circular" and s > 1:
+            out = _fold_wrap(out, s - 1)
+        return out
+
+    def normal(self, z: torch.Tensor) -> torch.Tensor:
+        """``D^T D z``."""
+        return self.adjoint(self.forward(z))
+
+    def norm_sq(self, map_shape, n_iter: int = 50, seed: int = 0) -> float:
+        r"""Estimate :math:`\|D\|_2^2` (the Lipschitz constant of ``z -> D^T(Dz - y)``) by power
+        iteration on ``D^T D`` for maps of ``map_shape = (1, K, Hz, Wz)``; returns the Rayleigh
+        quotient of the last iterate (a lower bound that converges to the true value)."""
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        v = torch.randn(map_shape, generator=gen, dtype=torch.float64).to(self.device, self.dtype)
+        v = v / v.norm()
+        lam_max = 0.0
+        for _ in range(n_iter):
+            w = self.normal(v)
+            lam_max = float((v * w).sum())
+            v = w / w.norm().clamp_min(torch.finfo(self.dtype).tiny)
+        return lam_max
+
+    def filter_gradient(self, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        r"""Gradient of :math:`\langle D_z f, r\rangle` in ``f``: the ``(K, C, s, s)`` tensor
+        ``G[k, c] = sum_b z_bk (*) r_bc`` (valid correlation, flipped to match the convolution),
+        zero where ``g`` is zero. With ``r = D_z f - y`` and a factor ``lam`` it is the gradient
+        of the data term used in filter learning (Zeiler et al. 2010, Sec. 3.2)."""
+        s = self.s
+        if self.boundary == "circular":
+            z = F.pad(z, (s - 1, 0, s - 1, 0), mode="circular") if s > 1 else z
+        B = z.shape[0]
+        if self.sparse:
+            E = self.n_connections
+            zk = z.index_select(1, self.k_e).transpose(0, 1).reshape(1, E * B, *z.shape[2:])
+            rc = r.index_select(1, self.c_e).transpose(0, 1)  # (E, B, H, W)
+            G_e = F.conv2d(zk, rc, groups=E).reshape(E, s, s).flip(-1, -2)
+            G = torch.zeros(self.K, self.C, s, s, dtype=z.dtype, device=z.device)
+            G[self.k_e, self.c_e] = G_e
+            return G
+        G = F.conv2d(z.transpose(0, 1), r.transpose(0, 1)).flip(-1, -2)  # (K, C, s, s)
+        if self.g is not None:
+            G = G * self.g[:, :, None, None].to(G.dtype)
+        return G
+
+    def with_filters(self, f: torch.Tensor) -> "ConvOperator":
+        """A new operator with the same connectivity and boundary and other filters."""
+        return ConvOperator(f, self.g, self.boundary)
+
+
+def _fold_wrap(w: torch.Tensor, p: int) -> torch.Tensor:
+    """Adjoint of circular padding by ``p`` on top and left: add the first ``p`` rows/columns
+    onto the last ``p`` ones of the ``(H, W)`` part."""
+    H, W = w.shape[-2] - p, w.shape[-1] - p
+    out = w[..., p:, p:].clone()
+    out[..., H - p:, :] += w[..., :p, p:]
+    out[..., :, W - p:] += w[..., p:, :p]
+    out[..., H - p:, W - p:] += w[..., :p, :p]
+    return out
+
+
+def synthesize(z: torch.Tensor, f: torch.Tensor, g=None, boundary: str = "valid") -> torch.Tensor:
+    r"""Reconstruct the input maps from feature maps: :math:`y_c = \sum_k g_{kc} (z_k * f_{kc})`.
+
+    Zeiler et al. 2010, eq. (1) (layer 1) and eq. (3) (layer l, with connectivity ``g``).
+
+    Args:
+        z: feature maps ``(B, K, H+s-1, W+s-1)`` (``"valid"``) or ``(B, K, H, W)`` (``"circular"``).
+        f: filters ``(K, C, s, s)``, same dtype and device as ``z``.
+        g: connectivity ``(K, C)`` of 0/1, or ``None`` for full.
+        boundary: ``"valid"`` (the paper) or ``"circular"``.
+
+    Returns:
+        ``(B, C, H, W)``.
+    """
+    op = ConvOperator(f, g, boundary)
+    return op.forward(op.check_maps(z))
+
+
+def synthesize_adjoint(r: torch.Tensor, f: torch.Tensor, g=None, boundary: str = "valid") -> torch.Tensor:
+    r"""The adjoint of :func:`synthesize` in ``z``: :math:`(D^T r)_k = \sum_c g_{kc}\, r_c \star f_{kc}`
+    (full correlation for ``"valid"``, periodic for ``"circular"``).
+
+    ``<synthesize(z), r> == <z, synthesize_adjoint(r)>`` for all ``z, r``.
+
+    Args:
+        r: ``(B, C, H, W)``.
+        f: filters ``(K, C, s, s)``.
+
+    Returns:
+        ``(B, K, H+s-1, W+s-1)`` (valid) or ``(B, K, H, W)`` (circular).
+    """
+    op = ConvOperator(f, g, boundary)
+    return op.adjoint(op.check_images(r, "r"))
+
+
+def filter_gradient(z: torch.Tensor, r: torch.Tensor, g=None, boundary: str = "valid", s: int | None = None) -> torch.Tensor:
+    r"""Gradient in ``f`` of :math:`\langle \sum_k g_{kc} (z_k * f_{kc}), r_c\rangle`, shape ``(K, C, s, s)``.
+
+    Args:
+        z: maps ``(B, K, Hz, Wz)``; r: ``(B, C, H, W)``.
+        s: filter size; for ``"valid"`` it follows from the shapes (``Hz - H + 1``).
+    """
+    check_tensor("z", z, 4, "(B, K, H', W')")
+    check_tensor("r", r, 4, "(B, C, H, W)")
+    boundary = check_boundary(boundary)
+    if s is None:
+        if boundary == "circular":
+            raise ValueError("filter size s is needed with boundary='circular'")
+        s = z.shape[2] - r.shape[2] + 1
+    K, C = z.shape[1], r.shape[1]
+    dummy = torch.zeros(K, C, s, s, dtype=z.dtype, device=z.device)
+    return ConvOperator(dummy, g, boundary).filter_gradient(z, r)
