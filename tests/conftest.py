@@ -170,3 +170,37 @@ def lasso_objective(A, yvec, w, lam) -> float:
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def ref_continuation_p1(A: np.ndarray, yvec: np.ndarray, lam: float, beta0: float,
+                        beta_inc: float, n_beta: int, n_cg: int) -> np.ndarray:
+    """numpy re-implementation of the paper's continuation scheme for p = 1 on a dense A:
+    for j < n_beta: beta = beta0 * beta_inc**j; x = shrink(z, beta); then n_cg CG steps on
+    (lam A^T A + beta I) z = lam A^T y + beta x, warm-started at z. Returns the sparse
+    x = shrink(z, beta) after the last z-step."""
+    n = A.shape[1]
+    AtA, Aty = A.T @ A, A.T @ yvec
+    z = np.zeros(n)
+
+    def soft(v, beta):
+        return np.sign(v) * np.maximum(np.abs(v) - 1.0 / beta, 0.0)
+
+    beta = beta0
+    for j in range(n_beta):
+        beta = beta0 * beta_inc ** j
+        x = soft(z, beta)
+        M = lam * AtA + beta * np.eye(n)
+        r = lam * Aty + beta * x - M @ z
+        d = r.copy()
+        rs = r @ r
+        for _ in range(n_cg):
+            if rs <= 1e-300:
+                break
+            Md = M @ d
+            a = rs / (d @ Md)
+            z = z + a * d
+            r = r - a * Md
+            rs_new = r @ r
+            d = r + rs_new / rs * d
+            rs = rs_new
+    return soft(z, beta)

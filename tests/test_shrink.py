@@ -61,7 +61,7 @@ def brute_force(v, beta, p):
             if hv < best_h:
                 best_x, best_h = x, hv
             if x != 0 and hv < best_nz_h:
-                best_nz_x, best_nz_h = x, hv
+                best_nz_h = hv
     return best_x, best_h, h_zero, best_nz_h
 
 

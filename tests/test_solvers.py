@@ -8,8 +8,8 @@ import torch
 
 import deconvnet
 from conftest import (lasso_objective, lasso_reference, map_shape, random_connectivity,
-                      ref_objective, ref_synthesis_matrix, ref_synthesize, to_np, to_t,
-                      unit_norm_filters)
+                      ref_continuation_p1, ref_objective, ref_synthesis_matrix, ref_synthesize,
+                      to_np, to_t, unit_norm_filters)
 
 H = W = 8
 K, C, S = 3, 1, 3
@@ -72,6 +72,25 @@ def test_continuation_with_fast_schedule_is_in_the_right_ballpark(boundary):
     assert obj <= obj_ref * 1.2
     zero_obj = lam / 2 * float((y ** 2).sum())
     assert obj < 0.9 * zero_obj
+
+
+@pytest.mark.parametrize("schedule", [(1e-2, 1.5, 50, 50), (1.0, 10.0, 6, 2)],
+                         ids=["brief-schedule", "toolbox-defaults"])
+@pytest.mark.parametrize("boundary", ["valid", "circular"])
+def test_continuation_matches_numpy_reimplementation_of_the_paper_scheme(boundary, schedule):
+    """Same iterates as an independent dense-matrix numpy version of the scheme (x-step by
+    soft shrinkage, n_cg warm-started CG steps per beta). Tolerance 1e-4 of max|x| admits
+    either reading of 'result is x' (x before or after the last z-step)."""
+    lam = 2.0
+    beta0, beta_inc, n_beta, n_cg = schedule
+    f, y, A, _, obj_ref = _lasso_problem(1, boundary, lam)
+    res = deconvnet.sparse_code(to_t(y), to_t(f), lam=lam, method="continuation",
+                                boundary=boundary, beta0=beta0, beta_inc=beta_inc,
+                                n_beta=n_beta, n_cg=n_cg)
+    x_ref = ref_continuation_p1(A, y.ravel(), lam, beta0, beta_inc, n_beta, n_cg)
+    z = to_np(res.z).ravel()
+    assert np.abs(x_ref).max() > 0
+    np.testing.assert_allclose(z, x_ref, atol=1e-4 * np.abs(x_ref).max())
 
 
 @pytest.mark.parametrize("method,boundary", [("fista", "valid"), ("continuation", "valid"),
@@ -222,7 +241,11 @@ def test_warm_start_at_optimum_converges_immediately(method, boundary):
     r0 = deconvnet.sparse_code(to_t(y), to_t(f), lam=2.0, method=method, boundary=boundary,
                                tol=1e-6, max_iter=5000)
     assert r2.converged
-    assert r2.n_iter <= 20
+    if method == "fista":
+        # proximal gradient: the optimum is a fixed point, so it stops at the first check
+        assert r2.n_iter <= 20
+    # ADMM warm-starts only the primal variable (its dual restarts at 0), so it still
+    # needs some iterations, but fewer than from zero
     assert r2.n_iter < r0.n_iter
     assert _our_obj(A, y, r2.z, 2.0) <= obj_ref * (1 + 1e-6)
 

@@ -12,6 +12,8 @@ and iterate, with scaled dual ``u``, penalty ``rho`` and over-relaxation ``alpha
    and the system is solved per frequency by the Woodbury identity
    :math:`(\rho I + \lambda A^H A)^{-1} = \rho^{-1}\big(I - \lambda A^H(\rho I + \lambda A A^H)^{-1}A\big)`
    (a ``C x C`` solve; Sherman-Morrison for ``C = 1``).
+   The scaled dual starts at :math:`u_0 = -\frac{\lambda}{\rho} D^H (D z_0 - y)`, the value it
+   has at a fixed point with ``z = w = z0``, so a warm start at the optimum stops at once.
 2. :math:`z_r = \alpha z + (1-\alpha) w`; :math:`w = \mathrm{shrink}(z_r + u, \rho, p)`;
    :math:`u \leftarrow u + z_r - w`.
 3. Stop when the primal and dual residuals (Boyd et al. 2011, Sec. 3.3) fall below ``tol``
@@ -93,8 +95,11 @@ def admm(op: ConvOperator, y, z0, lam, p, max_iter, tol, rho, relax, check_every
     AhY = lam * torch.einsum("ckxy,bcxy->bkxy", A.conj(), Yh)
     w = z0.clone()
     Wh = torch.fft.rfft2(w)
-    u = torch.zeros_like(w)
-    Uh = torch.zeros_like(Wh)
+    # scaled dual from the z-step's optimality at z = w = z0: lam D^H(D z0 - y) + rho u = 0, so
+    # a warm start at the optimum is already a fixed point
+    Uh = -(lam / rho) * torch.einsum("ckxy,bcxy->bkxy", A.conj(),
+                                     torch.einsum("ckxy,bkxy->bcxy", A, Wh) - Yh)
+    u = torch.fft.irfft2(Uh, s=(H, W))
     hist = _History()
     converged, it = False, 0
     while it < max_iter:

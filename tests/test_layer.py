@@ -1,0 +1,203 @@
+"""DeconvLayer: sklearn-style fit / transform / inverse_transform on tiny synthetic images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import deconvnet
+from conftest import random_connectivity, ref_synthesize, to_np, unit_norm_filters
+
+N, C, H, W = 4, 2, 12, 12
+K, S = 3, 3
+
+
+def _images(seed=0, n=N, c=C, h=H, w=W):
+    """Sparse spikes through smooth-ish random filters plus a little noise: images that a
+    deconvolutional layer can actually explain."""
+    rng = np.random.default_rng(seed)
+    f = unit_norm_filters(K, c, S, rng)
+    z = rng.standard_normal((n, K, h + S - 1, w + S - 1)) * (rng.random((n, K, h + S - 1, w + S - 1)) < 0.1)
+    y = ref_synthesize(z, f, None, "valid") + 0.05 * rng.standard_normal((n, c, h, w))
+    return y.astype(np.float32)
+
+
+def _layer(**kw):
+    args = dict(lam=10.0, n_epochs=2, max_iter=50, seed=0)
+    args.update(kw)
+    return deconvnet.DeconvLayer(C, K, S, **args)
+
+
+def _unit_planes(f, g=None):
+    f = to_np(f)
+    norms = np.sqrt((f ** 2).sum(axis=(2, 3)))
+    g = np.ones(norms.shape) if g is None else np.asarray(g)
+    np.testing.assert_allclose(norms[g == 1], 1.0, atol=1e-4)
+    assert np.all(f[g == 0] == 0)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    x = _images()
+    return _layer().fit(x), x
+
+
+# ---------------------------------------------------------------- fit
+def test_fit_returns_self_and_learns_unit_norm_filters(fitted):
+    layer, _ = fitted
+    assert isinstance(layer.filters_, torch.Tensor)
+    assert tuple(layer.filters_.shape) == (K, C, S, S)
+    assert layer.filters_.dtype == torch.float32
+    _unit_planes(layer.filters_)
+    layer2 = _layer()
+    assert layer2.fit(_images()) is layer2
+
+
+def test_fit_changes_the_filters_from_their_initialisation():
+    """Training does something: the filters after 2 epochs differ from those after 1."""
+    x = _images()
+    f1 = _layer(n_epochs=1).fit(x).filters_
+    f2 = _layer(n_epochs=2).fit(x).filters_
+    assert not torch.allclose(f1, f2)
+
+
+# ---------------------------------------------------------------- transform
+@pytest.mark.parametrize("boundary,expected", [("valid", (N, K, H + S - 1, W + S - 1)),
+                                               ("circular", (N, K, H, W))])
+def test_transform_shape_and_reconstruction_beats_zero(boundary, expected):
+    x = _images(1)
+    layer = _layer(boundary=boundary).fit(x)
+    maps = layer.transform(x)
+    assert isinstance(maps, torch.Tensor)
+    assert tuple(maps.shape) == expected
+    rec = layer.inverse_transform(maps)
+    assert isinstance(rec, torch.Tensor)
+    assert tuple(rec.shape) == (N, C, H, W)
+    rel = np.linalg.norm(to_np(rec) - x) / np.linalg.norm(x)
+    assert rel < 1.0
+    # inverse_transform is synthesis with the learned filters (independent scipy oracle)
+    np.testing.assert_allclose(to_np(rec), ref_synthesize(maps, layer.filters_, None, boundary),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_reconstruction_is_good_on_easy_images(fitted):
+    layer, x = fitted
+    rec = layer.inverse_transform(layer.transform(x))
+    rel = np.linalg.norm(to_np(rec) - x) / np.linalg.norm(x)
+    assert rel < 0.8
+
+
+def test_fit_transform_shape():
+    x = _images()
+    maps = _layer().fit_transform(x)
+    assert tuple(maps.shape) == (N, K, H + S - 1, W + S - 1)
+
+
+# ---------------------------------------------------------------- determinism
+def test_same_seed_gives_identical_filters():
+    x = _images(2)
+    a = _layer(seed=3).fit(x).filters_
+    b = _layer(seed=3).fit(x).filters_
+    assert torch.equal(a, b)
+
+
+def test_different_seed_gives_different_filters():
+    x = _images(2)
+    a = _layer(seed=3).fit(x).filters_
+    b = _layer(seed=4).fit(x).filters_
+    assert not torch.allclose(a, b)
+
+
+# ---------------------------------------------------------------- input types
+def test_numpy_and_torch_inputs_give_the_same_filters_and_maps():
+    x = _images(3)
+    a = _layer().fit(x)
+    b = _layer().fit(torch.from_numpy(x))
+    torch.testing.assert_close(a.filters_, b.filters_)
+    ma = a.transform(x)
+    mb = a.transform(torch.from_numpy(x))
+    torch.testing.assert_close(ma, mb)
+
+
+def test_float64_numpy_input_is_accepted_by_float32_layer(fitted):
+    layer, x = fitted
+    maps = layer.transform(x.astype(np.float64))
+    assert maps.dtype == torch.float32
+    assert tuple(maps.shape) == (N, K, H + S - 1, W + S - 1)
+
+
+def test_float64_layer():
+    x = _images()
+    layer = _layer(dtype=torch.float64).fit(x)
+    assert layer.filters_.dtype == torch.float64
+    _unit_planes(layer.filters_)
+    assert layer.transform(x).dtype == torch.float64
+
+
+# ---------------------------------------------------------------- connectivity
+@pytest.mark.parametrize("as_type", ["numpy", "torch"])
+def test_sparse_connectivity_zeroes_unconnected_planes(as_type):
+    rng = np.random.default_rng(4)
+    g = random_connectivity(K, C, rng)
+    conn = g if as_type == "numpy" else torch.as_tensor(g)
+    x = _images(4)
+    layer = _layer(connectivity=conn).fit(x)
+    _unit_planes(layer.filters_, g)
+    maps = layer.transform(x)
+    rec = layer.inverse_transform(maps)
+    np.testing.assert_allclose(to_np(rec), ref_synthesize(maps, layer.filters_, g, "valid"),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_full_connectivity_string_equals_none():
+    x = _images(5)
+    a = _layer(connectivity="full").fit(x).filters_
+    b = _layer(connectivity=None).fit(x).filters_
+    torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------- methods
+@pytest.mark.parametrize("method,boundary,filter_method", [
+    ("continuation", "valid", "cg"),
+    ("fista", "valid", "gradient"),
+    ("admm", "circular", "cg"),
+])
+def test_other_methods_fit_and_reconstruct(method, boundary, filter_method):
+    x = _images(6)
+    layer = _layer(method=method, boundary=boundary, filter_method=filter_method).fit(x)
+    _unit_planes(layer.filters_)
+    rec = layer.inverse_transform(layer.transform(x))
+    assert np.linalg.norm(to_np(rec) - x) < np.linalg.norm(x)
+
+
+# ---------------------------------------------------------------- errors
+def test_transform_rejects_wrong_channel_count(fitted):
+    layer, x = fitted
+    with pytest.raises(ValueError, match=r".+"):
+        layer.transform(np.concatenate([x, x[:, :1]], axis=1))
+
+
+def test_transform_rejects_wrong_ndim(fitted):
+    layer, x = fitted
+    with pytest.raises(ValueError, match=r".+"):
+        layer.transform(x[0])
+    with pytest.raises(ValueError, match=r".+"):
+        layer.transform(x[None])
+
+
+def test_fit_rejects_wrong_channel_count():
+    x = _images(c=3)
+    with pytest.raises(ValueError, match=r".+"):
+        _layer().fit(x)
+
+
+def test_inverse_transform_rejects_maps_with_wrong_number_of_maps(fitted):
+    layer, x = fitted
+    with pytest.raises(ValueError, match=r".+"):
+        layer.inverse_transform(torch.zeros(N, K + 1, H + S - 1, W + S - 1))
+
+
+def test_bad_boundary_raises_value_error():
+    with pytest.raises(ValueError, match=r".+"):
+        deconvnet.DeconvLayer(C, K, S, boundary="same").fit(_images())
