@@ -115,10 +115,6 @@ class ConvOperator:
         B, _, H, W = y_shape
         return (B, self.K, *map_size(H, W, self.s, self.boundary))
 
-    def image_shape(self, z_shape) -> tuple[int, int, int, int]:
-        B, _, Hz, Wz = z_shape
-        return (B, self.C, *image_size(Hz, Wz, self.s, self.boundary))
-
     def check_maps(self, z: torch.Tensor) -> torch.Tensor:
         check_tensor("z", z, 4, "(B, K, H', W')")
         check_same("z", z, self.f)
