@@ -97,8 +97,7 @@ def admm(op: ConvOperator, y, z0, lam, p, max_iter, tol, rho, relax, check_every
     Wh = torch.fft.rfft2(w)
     # scaled dual from the z-step's optimality at z = w = z0: lam D^H(D z0 - y) + rho u = 0, so
     # a warm start at the optimum is already a fixed point
-    Uh = -(lam / rho) * torch.einsum("ckxy,bcxy->bkxy", A.conj(),
-                                     torch.einsum("ckxy,bkxy->bcxy", A, Wh) - Yh)
+    Uh = (AhY - lam * torch.einsum("ckxy,bcxy->bkxy", A.conj(), torch.einsum("ckxy,bkxy->bcxy", A, Wh))) / rho
     u = torch.fft.irfft2(Uh, s=(H, W))
     hist = _History()
     converged, it = False, 0

@@ -89,7 +89,7 @@ def update_filters(y: torch.Tensor, z: torch.Tensor, f: torch.Tensor, *, lam: fl
     if method == "cg":
         f_new = _cg(op, z, f0, R0, lam, n_iter)
     else:
-        f_new = _projected_gradient(op, z, y, f0, R0, Q0, lam, n_iter, residual)[0]
+        f_new = _projected_gradient(op, z, f0, R0, Q0, lam, n_iter, residual)
     return _monotone_retraction(op, f0, Q0, normalize_planes(f_new, op.g), lam, residual)
 
 
@@ -123,7 +123,7 @@ def _project_balls(f: torch.Tensor) -> torch.Tensor:
     return f / norms.clamp_min(1.0)
 
 
-def _projected_gradient(op, z, y, f, R, Q, lam, n_iter, residual):
+def _projected_gradient(op, z, f, R, Q, lam, n_iter, residual):
     """Projected gradient on the convex set of planes with ``||f_kc|| <= 1`` (as in SPORCO's
     and Mairal et al.'s dictionary updates): a step of exact-line-search length along
     ``-grad Q``, halved until the projected point lowers ``Q``. Returns unnormalised filters."""
@@ -145,7 +145,7 @@ def _projected_gradient(op, z, y, f, R, Q, lam, n_iter, residual):
         else:
             break
         f, R, Q = cand, R_c, Q_c
-    return f, R, Q
+    return f
 
 
 def _monotone_retraction(op, f_old, Q_old, f_new, lam, residual):

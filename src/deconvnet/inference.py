@@ -127,8 +127,9 @@ def _bcast(v: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def _flush_denormal():
     """Treat denormal floats as zero inside solver loops (on x86 CPUs they are ~10x slower
-    and iterates decaying towards zero produce them); the previous mode is restored."""
-    if not torch.backends.cpu.get_cpu_capability() or not torch.set_flush_denormal(True):
+    and iterates decaying towards zero produce them). Torch offers no getter for this mode, so
+    it is switched off again afterwards (its default)."""
+    if not torch.set_flush_denormal(True):  # not supported on this CPU
         yield
         return
     try:
