@@ -22,15 +22,28 @@ Glossary (the paper's symbols, used as names throughout the code):
 See ``docs/paper_map.md`` for which function implements which part of the paper.
 """
 
+__version__ = "0.1.0"
+
+from .config import ConfigError, LayerConfig, NetConfig, apply_overrides, preset
+from .connectivity import connectivity
 from .filters import init_filters, normalize_planes, update_filters
 from .inference import IterationRecord, Objective, SparseCode, objective, sparse_code
 from .layer import DeconvLayer, EpochRecord
+from .model_io import ModelFileError
+from .network import DeconvNet, snr_db
 from .ops import ConvOperator, filter_gradient, synthesize, synthesize_adjoint
 from .shrinkage import shrink, shrink_threshold
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "ConfigError",
+    "DeconvNet",
+    "LayerConfig",
+    "ModelFileError",
+    "NetConfig",
+    "apply_overrides",
+    "connectivity",
+    "preset",
+    "snr_db",
     "ConvOperator",
     "DeconvLayer",
     "EpochRecord",

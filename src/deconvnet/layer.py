@@ -163,7 +163,7 @@ class DeconvLayer:
         if self.progress:
             from tqdm.auto import tqdm  # noqa: PLC0415
 
-            bar = tqdm(total=self.n_epochs * len(X), desc="layer", unit="img")
+            bar = tqdm(total=self.n_epochs * len(X), desc=getattr(self, "_progress_desc", "layer"), unit="img")
         for epoch in range(1, self.n_epochs + 1):
             t0 = time.perf_counter()
             order = torch.randperm(len(X), generator=gen).tolist()
@@ -183,7 +183,7 @@ class DeconvLayer:
                                    method=self.filter_method, n_iter=self.filter_iters)
                 if bar is not None:
                     bar.update(len(idx))
-                    bar.set_postfix(epoch=epoch, objective=f"{tot:.4g}")
+                    bar.set_postfix_str(f"epoch {epoch}/{self.n_epochs}, objective {tot:.4g}")
             self.history_.append(EpochRecord(epoch, tot, dat, pen, nnz / max(count, 1), time.perf_counter() - t0))
         if bar is not None:
             bar.close()
@@ -191,15 +191,26 @@ class DeconvLayer:
         self.maps_ = maps
         return self
 
-    def transform(self, images):
+    def transform(self, images, n_passes: int | None = None):
         """Infer maps: ``(N, C, H, W) -> (N, K, H+s-1, W+s-1)`` (valid) or ``(N, K, H, W)``
-        (circular); a list of images of different sizes gives a list of ``(K, H', W')``."""
+        (circular); a list of images of different sizes gives a list of ``(K, H', W')``.
+
+        ``n_passes``: solver runs, each warm-started from the last. Default: ``n_epochs`` for
+        ``method="continuation"`` (the toolbox's 'recon' mode repeats its few inexact steps
+        as many times as training did), 1 for the methods that solve to a tolerance.
+        """
         self._check_fitted()
         X = self._images(images)
+        if n_passes is None:
+            n_passes = self.n_epochs if self.method == "continuation" else 1
+        n_passes = check_int("n_passes", n_passes)
         shapes = [tuple(x.shape) for x in X]
         out: list[torch.Tensor | None] = [None] * len(X)
         for idx in self._batches(list(range(len(X))), shapes):
-            z = self._code(torch.cat([X[i] for i in idx]), self.filters_).z
+            y = torch.cat([X[i] for i in idx])
+            z = None
+            for _ in range(n_passes):
+                z = self._code(y, self.filters_, z).z
             for j, i in enumerate(idx):
                 out[i] = z[j]
         if len(set(shapes)) == 1:

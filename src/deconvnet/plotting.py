@@ -1,41 +1,70 @@
-"""Figures from computed arrays; the only module that imports matplotlib (lazily)."""
+"""Figures from computed arrays; the only module that imports matplotlib (lazily).
+
+Every figure is rendered to PNG bytes first (:func:`png_bytes`, :func:`history_png`), so the
+HTML report can embed it, and files are written atomically.
+"""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
 
+from ._files import atomic_write_bytes
 from .viz import tile_filters
 
-__all__ = ["save_filter_grid", "save_image"]
+__all__ = ["png_bytes", "save_image", "save_filter_grid", "history_png"]
 
 
-def save_image(array: np.ndarray, path, zoom: int = 1, cmap: str = "gray", vmin=None, vmax=None) -> Path:
-    """Write a 2-D (grey) or ``(H, W, 3)`` array as PNG, each pixel a ``zoom x zoom`` block,
-    atomically (temporary file in the same folder, then rename)."""
+def _pyplot():
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    return plt
+
+
+def png_bytes(array: np.ndarray, zoom: int = 1, cmap: str = "gray", vmin=None, vmax=None) -> bytes:
+    """A 2-D (grey) or ``(H, W, 3)`` array as PNG bytes, each pixel a ``zoom x zoom`` block."""
+    plt = _pyplot()
     a = np.asarray(array, dtype=np.float64)
     if zoom > 1:
         a = a.repeat(zoom, axis=0).repeat(zoom, axis=1)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        plt.imsave(tmp, np.clip(a, 0, 1) if a.ndim == 3 else a, cmap=cmap, vmin=vmin, vmax=vmax, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    buf = io.BytesIO()
+    plt.imsave(buf, np.clip(a, 0, 1) if a.ndim == 3 else a, cmap=cmap, vmin=vmin, vmax=vmax, format="png")
+    return buf.getvalue()
+
+
+def save_image(array: np.ndarray, path, zoom: int = 1, cmap: str = "gray", vmin=None, vmax=None) -> Path:
+    """Write :func:`png_bytes` to ``path`` atomically."""
+    return atomic_write_bytes(path, png_bytes(array, zoom, cmap, vmin, vmax))
 
 
 def save_filter_grid(f, path, zoom: int = 8, ncols: int | None = None) -> Path:
     """Save filters ``(K, C, s, s)`` as a PNG grid (0 = mid-grey, each tile scaled alone)."""
     return save_image(tile_filters(f, ncols=ncols), path, zoom=zoom, vmin=0.0, vmax=1.0)
+
+
+def history_png(history: list[list]) -> bytes:
+    """Objective and non-zero fraction per epoch, one line per layer (``history[l]`` is a list
+    of :class:`~deconvnet.EpochRecord`)."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
+    for i, records in enumerate(history, start=1):
+        if not records:
+            continue
+        epochs = [r.epoch for r in records]
+        ax1.plot(epochs, [r.objective for r in records], marker="o", label=f"layer {i}")
+        ax2.plot(epochs, [r.nonzero_fraction for r in records], marker="o", label=f"layer {i}")
+    ax1.set(xlabel="epoch", ylabel="objective (sum over images)", yscale="log", title="objective")
+    ax2.set(xlabel="epoch", ylabel="fraction of non-zero map entries", title="sparsity")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -8,9 +8,21 @@ Arrays here are numpy ``(C, H, W)`` float64 per image; the layer converts them t
     subtract the local mean ``k * x`` ('valid', so ``H x W -> (H-4) x (W-4)``) and divide by
     the local standard deviation ``sqrt(k * xc^2)``, floored at 1 (for images in [0, 1] the
     floor makes the step in practice a high-pass: image minus its blurred self).
+``laplacian_normalize`` (the 2011 toolbox's ``'laplacian_cn'``, which it labels "CVPR 2010
+    method"; paper-notes Sec. 4b): convolve each channel with MATLAB's 3x3 Laplacian of shape
+    parameter 0.2, ``[[1/6, 2/3, 1/6], [2/3, -10/3, 2/3], [1/6, 2/3, 1/6]]``, same size. The
+    toolbox pads with zeros; we reflect the border so that the frame of the image does not
+    become a strong artificial edge.
+``local_normalize_2011`` (the 2011 toolbox's default ``'local_cn'``, Sec. 4b): a 13x13
+    Gaussian of sigma ``3 * 1.591``, same size with reflected borders; subtract the local mean
+    and divide by the local standard deviation floored at its median over the image.
 ``rescale_dataset`` (toolbox ``rescale_all_n1_1``):
     map the whole set linearly to [-1, 1] (one min and max over all images), then subtract
-    the set's mean.
+    the set's mean. :func:`rescale_affine` returns that map (or, with ``mode="std"``, the one
+    to zero mean and unit variance) as ``(scale, shift)``,
+    ``y = scale * x + shift``, so that it can be stored and reapplied to new images.
+``preprocess``: one of the above by name (``"toolbox2010"``, ``"laplacian"``, ``"lcn2011"``,
+    ``"none"``).
 """
 
 from __future__ import annotations
@@ -20,8 +32,11 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import convolve2d
 
-__all__ = ["gaussian_kernel", "local_contrast_normalize", "rescale_dataset", "load_image", "load_folder",
-           "IMAGE_SUFFIXES"]
+__all__ = ["gaussian_kernel", "local_contrast_normalize", "laplacian_normalize", "local_normalize_2011",
+           "preprocess", "list_images", "rescale_affine", "rescale_dataset", "resize_max_side", "load_image", "load_folder",
+           "IMAGE_SUFFIXES", "PREPROCESSING"]
+
+PREPROCESSING = ("toolbox2010", "laplacian", "lcn2011", "none")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
@@ -52,14 +67,97 @@ def local_contrast_normalize(image: np.ndarray, size: int = 5, sigma: float = 1.
     return np.stack(out)
 
 
-def rescale_dataset(images: list[np.ndarray]) -> list[np.ndarray]:
-    """Map a list of arrays jointly to [-1, 1], then subtract their joint mean."""
+#: MATLAB ``fspecial('laplacian', 0.2)``: ``4/(a+1) * [[a/4, (1-a)/4, a/4], [(1-a)/4, -1, ...], ...]``.
+LAPLACIAN_02 = (4.0 / 1.2) * np.array([[0.05, 0.2, 0.05], [0.2, -1.0, 0.2], [0.05, 0.2, 0.05]])
+
+
+def laplacian_normalize(image: np.ndarray) -> np.ndarray:
+    """The 3x3 Laplacian (shape parameter 0.2) of each channel of ``(C, H, W)``, same size."""
+    from scipy.ndimage import convolve  # noqa: PLC0415
+
+    image = _check_image(image, 3)
+    return np.stack([convolve(x, LAPLACIAN_02, mode="reflect") for x in image])
+
+
+def local_normalize_2011(image: np.ndarray, size: int = 13, sigma: float = 3 * 1.591) -> np.ndarray:
+    """The 2011 toolbox's local normalisation of ``(C, H, W)``, same size (see module doc)."""
+    from scipy.ndimage import convolve  # noqa: PLC0415
+
+    image = _check_image(image, 2)
+    k = gaussian_kernel(size, sigma)
+    out = []
+    for x in image:
+        centred = x - convolve(x, k, mode="reflect")
+        local_sd = np.sqrt(np.maximum(convolve(centred ** 2, k, mode="reflect"), 0.0))
+        # the median floor, but never below round-off: a flat image must stay flat (zeros)
+        floor = max(float(np.median(local_sd)), 1e-6 * float(np.abs(x).max()), np.finfo(np.float64).tiny)
+        out.append(centred / np.maximum(local_sd, floor))
+    return np.stack(out)
+
+
+def _check_image(image, min_side: int) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 3:
+        raise ValueError(f"image must have shape (C, H, W), got {image.shape}")
+    if min(image.shape[1:]) < min_side:
+        raise ValueError(f"image of size {image.shape[1:]} is too small (at least {min_side}x{min_side})")
+    return image
+
+
+def preprocess(image: np.ndarray, kind: str = "toolbox2010") -> np.ndarray:
+    """Apply one named preprocessing to a ``(C, H, W)`` image (see the module docstring).
+
+    ``"toolbox2010"`` shrinks each side by 4 ('valid' 5x5); the others keep the size.
+    """
+    if kind == "toolbox2010":
+        return local_contrast_normalize(image)
+    if kind == "laplacian":
+        return laplacian_normalize(image)
+    if kind == "lcn2011":
+        return local_normalize_2011(image)
+    if kind == "none":
+        return _check_image(image, 1)
+    raise ValueError(f"preprocess={kind!r} is not known; use one of {', '.join(PREPROCESSING)}")
+
+
+def rescale_affine(images: list[np.ndarray], mode: str = "minmax") -> tuple[float, float]:
+    """``(scale, shift)`` such that ``scale * x + shift`` normalises the set jointly.
+
+    ``mode="minmax"`` (toolbox ``rescale_all_n1_1``): to [-1, 1], then subtract the mean.
+    ``mode="std"``: zero mean and unit standard deviation over the whole set.
+    Works on numpy arrays and torch tensors.
+    """
+    total = sum(float(im.sum()) for im in images)
+    count = sum(int(np.prod(im.shape)) for im in images)
+    mean = total / count
+    if mode == "std":
+        var = sum(float(((im - mean) ** 2).sum()) for im in images) / count
+        scale = 1.0 / np.sqrt(var) if var > 0 else 1.0
+        return float(scale), float(-scale * mean)
+    if mode != "minmax":
+        raise ValueError(f"mode={mode!r} is not known; use 'minmax' or 'std'")
     lo = min(float(im.min()) for im in images)
     hi = max(float(im.max()) for im in images)
     scale = 2.0 / (hi - lo) if hi > lo else 1.0
-    out = [(im - lo) * scale - 1.0 for im in images]
-    mean = sum(float(im.sum()) for im in out) / sum(im.size for im in out)
-    return [im - mean for im in out]
+    mean_after = scale * (mean - lo) - 1.0
+    return scale, -scale * lo - 1.0 - mean_after
+
+
+def rescale_dataset(images: list[np.ndarray]) -> list[np.ndarray]:
+    """Map a list of arrays jointly to [-1, 1], then subtract their joint mean."""
+    scale, shift = rescale_affine(images)
+    return [im * scale + shift for im in images]
+
+
+def resize_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Downscale ``(C, H, W)`` (anti-aliased) so that its longer side is at most ``max_side``."""
+    if max_side is None or max(image.shape[1:]) <= max_side:
+        return image
+    from skimage.transform import resize  # noqa: PLC0415
+
+    factor = max_side / max(image.shape[1:])
+    H, W = (max(1, round(n * factor)) for n in image.shape[1:])
+    return np.stack([resize(x, (H, W), anti_aliasing=True, preserve_range=True) for x in image])
 
 
 def load_image(path, color: str = "gray") -> np.ndarray:
@@ -79,12 +177,18 @@ def load_image(path, color: str = "gray") -> np.ndarray:
     return im[None] if im.ndim == 2 else np.moveaxis(im, 2, 0)
 
 
-def load_folder(folder, color: str = "gray") -> tuple[list[np.ndarray], list[Path]]:
-    """All images of a folder (sorted by name), as :func:`load_image` reads them."""
+def list_images(folder) -> list[Path]:
+    """The image files of a folder (by suffix, sorted by name; sub-folders are not searched)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return paths
+
+
+def load_folder(folder, color: str = "gray") -> tuple[list[np.ndarray], list[Path]]:
+    """All images of a folder (sorted by name), as :func:`load_image` reads them."""
+    paths = list_images(folder)
     return [load_image(p, color) for p in paths], paths

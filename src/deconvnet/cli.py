@@ -1,0 +1,383 @@
+"""The ``deconvnet`` command line: a thin shell over the library.
+
+Commands (``deconvnet COMMAND --help`` for each):
+
+- ``train IMAGES_DIR --preset zeiler2010 --layers 3 --out RUN_DIR [--set KEY=VALUE ...]``
+- ``infer MODEL IMAGE... [--layer L] --out DIR``: maps as ``.npy`` plus a PNG per image and layer
+- ``project MODEL --out DIR``: a PNG grid of pixel-space filters per layer
+- ``reconstruct MODEL IMAGE --layer L --out FILE``: a PNG of the reconstruction; prints its SNR
+- ``report RUN_DIR``: ``RUN_DIR/report.html``
+- ``demo [--out DIR]``: trains a 3-layer network on images shipped with scikit-image, writes
+  the report and says where it is
+
+``MODEL`` is a run folder or a model file. Errors are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def _device(name: str):
+    import torch  # noqa: PLC0415
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available to torch here (use --device cpu or auto)")
+    return name
+
+
+def _load(model):
+    from .network import DeconvNet  # noqa: PLC0415
+
+    path = Path(model)
+    if not path.exists():
+        raise UserError(f"{model}: no such run folder or model file")
+    return DeconvNet.load(path, device=getattr(_load, "device", "cpu"))
+
+
+def _image_files(items: list[str]) -> list[Path]:
+    paths = []
+    for item in items:
+        p = Path(item)
+        if not p.exists():
+            raise UserError(f"{item}: no such file")
+        if p.is_dir():
+            raise UserError(f"{item} is a folder; give image files")
+        paths.append(p)
+    return paths
+
+
+def _usable_images(folder: Path, color: str, min_side: int):
+    """Read every image of ``folder``; return the usable ones and ``(path, reason)`` for the rest."""
+    from .preprocess import IMAGE_SUFFIXES, load_image  # noqa: PLC0415
+
+    if not folder.exists():
+        raise UserError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder of images")
+    images, used, skipped = [], [], []
+    for p in sorted(folder.iterdir()):
+        if p.is_dir():
+            skipped.append((p, "a folder (sub-folders are not searched)"))
+            continue
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            im = load_image(p, color)
+        except Exception as err:  # any reader failure makes the file unusable, not the run
+            skipped.append((p, f"cannot be read as an image ({type(err).__name__}: {str(err)[:80]})"))
+            continue
+        if min(im.shape[1:]) < min_side:
+            skipped.append((p, f"too small ({im.shape[1]}x{im.shape[2]}, need at least {min_side}x{min_side})"))
+            continue
+        if not np.isfinite(im).all():
+            skipped.append((p, "contains NaN or Inf"))
+            continue
+        images.append(im)
+        used.append(p)
+    return images, used, skipped
+
+
+def _config(args):
+    from .config import NetConfig, apply_overrides, preset  # noqa: PLC0415
+
+    if args.config:
+        path = Path(args.config)
+        try:
+            cfg = NetConfig.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such config file") from None
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: not valid JSON ({err})") from None
+    else:
+        cfg = preset(args.preset, args.layers)
+    overrides = list(args.set or [])
+    if args.epochs is not None:
+        overrides.append(f"n_epochs={args.epochs}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.color is not None:
+        overrides.append(f"color={args.color}")
+    return apply_overrides(cfg, overrides)
+
+
+def _versions() -> dict:
+    import torch  # noqa: PLC0415
+
+    from . import __version__  # noqa: PLC0415
+
+    return {"deconvnet": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def train_run(images_dir, out, cfg, *, device="cpu", progress=True, report=True, preset_name=None,
+              command=None, say=print):
+    """Train ``cfg`` on the usable images of ``images_dir`` and fill the run folder ``out``."""
+    from ._files import atomic_write_text  # noqa: PLC0415
+    from .network import DeconvNet  # noqa: PLC0415
+
+    folder, out = Path(images_dir), Path(out)
+    if (out / "model.json").exists():
+        raise UserError(f"{out} already holds a trained model; choose another --out (or delete it)")
+    min_side = cfg.layers[0].filter_size + (4 if cfg.preprocess == "toolbox2010" else 0)
+    images, used, skipped = _usable_images(folder, cfg.color, min_side)
+    for p, why in skipped:
+        say(f"skipped {p}: {why}")
+    if not images:
+        raise UserError(f"{folder}: no usable images (see the skipped files above)" if skipped
+                        else f"{folder}: no image files (.png, .jpg, .tif, ...)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{out}: cannot create the run folder ({err.strerror or err})") from None
+    say(f"training {len(cfg.layers)} layer(s) on {len(images)} image(s) from {folder} on {device}")
+    net = DeconvNet(cfg, device=device, progress=progress)
+    t0 = time.perf_counter()
+    net.fit([np.moveaxis(im, 0, -1) if im.shape[0] == 3 else im[0] for im in images])
+    seconds = time.perf_counter() - t0
+    net.save(out)
+    history = [[vars(r) for r in records] for records in net.history_]
+    atomic_write_text(out / "history.json", json.dumps({"layers": history, "seconds": net.seconds_}, indent=2))
+    info = {"images": str(folder.resolve()), "n_images": len(used), "files": [str(p.resolve()) for p in used],
+            "skipped": [[str(p), why] for p, why in skipped], "device": str(device), "preset": preset_name,
+            "command": command, "seconds": seconds, "versions": _versions()}
+    atomic_write_text(out / "run.json", json.dumps(info, indent=2))
+    atomic_write_text(out / "config.json", cfg.to_json() + "\n")
+    say(f"trained in {seconds:.1f} s (" + ", ".join(f"layer {i}: {s:.1f} s" for i, s in enumerate(net.seconds_, 1))
+        + f"); model in {out / 'model.safetensors'}")
+    if report:
+        from .report import write_report  # noqa: PLC0415
+
+        path = write_report(out)
+        say(f"report: {path}")
+    return net
+
+
+# ------------------------------------------------------------------ commands
+def cmd_train(args) -> int:
+    cfg = _config(args)
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.images).resolve().name}-{args.preset}"
+    train_run(args.images, out, cfg, device=_device(args.device), progress=not args.quiet,
+              report=not args.no_report, preset_name=None if args.config else args.preset,
+              command=" ".join(["deconvnet", *sys.argv[1:]]))
+    return 0
+
+
+def cmd_infer(args) -> int:
+    import torch  # noqa: PLC0415
+
+    from .plotting import save_image  # noqa: PLC0415
+    from .viz import tile_filters  # noqa: PLC0415
+
+    _load.device = _device(args.device)
+    net = _load(args.model)
+    files = _image_files(args.images)
+    layers = [net._check_layer(args.layer)] if args.layer is not None else list(range(1, net.n_layers + 1))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from ._files import atomic_write_bytes  # noqa: PLC0415
+
+    for path in files:
+        maps = net.infer([path], layers=max(layers))
+        for L in layers:
+            z = maps[L - 1][0].detach().cpu()
+            buf = __import__("io").BytesIO()
+            np.save(buf, z.numpy())
+            npy = atomic_write_bytes(out / f"{path.stem}.layer{L}.npy", buf.getvalue())
+            save_image(tile_filters(z[:, None]), out / f"{path.stem}.layer{L}.png", zoom=2, vmin=0, vmax=1)
+            nz = float((z != 0).to(torch.float64).mean())
+            print(f"{path.name}: layer {L} maps {tuple(z.shape)}, non-zero {nz:.4f} -> {npy}")
+    return 0
+
+
+def cmd_project(args) -> int:
+    from .plotting import save_filter_grid  # noqa: PLC0415
+
+    _load.device = _device(args.device)
+    net = _load(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    layers = [net._check_layer(args.layer)] if args.layer is not None else range(1, net.n_layers + 1)
+    for L in layers:
+        P = net.project(L)
+        path = save_filter_grid(P, out / f"layer{L}.png", zoom=args.zoom)
+        print(f"layer {L}: {P.shape[0]} pixel-space filters of {P.shape[-1]}x{P.shape[-1]} -> {path}")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    from .network import snr_db  # noqa: PLC0415
+    from .plotting import save_image  # noqa: PLC0415
+    from .report import _sym  # noqa: PLC0415
+
+    _load.device = _device(args.device)
+    net = _load(args.model)
+    (path,) = _image_files([args.image])
+    L = net._check_layer(args.layer)
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: the reconstruction is written as PNG; give a .png file name")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    recon, target = net.reconstruct([path], L)
+    r = recon[0].detach().cpu().numpy()
+    save_image(_sym(r), out, vmin=0, vmax=1)
+    print(f"{path.name}: reconstruction from layer {L}, SNR {snr_db(target[0].cpu(), recon[0].cpu()):.2f} dB "
+          f"(in the preprocessed space) -> {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report  # noqa: PLC0415
+
+    run = Path(args.run_dir)
+    if not run.is_dir():
+        raise UserError(f"{run}: no such run folder")
+    path = write_report(run, images=args.images or None)
+    print(f"report: {path}")
+    return 0
+
+
+DEMO_IMAGES = ("camera", "coins", "moon", "page", "text", "brick", "grass", "gravel", "astronaut", "coffee",
+               "chelsea", "rocket")
+
+
+def cmd_demo(args) -> int:
+    """Train on scikit-image's sample photos (shipped with it, no download)."""
+    from skimage import data  # noqa: PLC0415
+    from skimage.util import img_as_float  # noqa: PLC0415
+
+    from ._files import atomic_write_bytes  # noqa: PLC0415
+    from .config import apply_overrides, preset  # noqa: PLC0415
+    from .plotting import png_bytes  # noqa: PLC0415
+
+    out = Path(args.out)
+    if (out / "model.json").exists():
+        raise UserError(f"{out} already holds a trained model; choose another --out (or delete it)")
+    folder = out / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    from skimage.color import rgb2gray  # noqa: PLC0415
+    from skimage.transform import resize  # noqa: PLC0415
+
+    for name in DEMO_IMAGES:
+        im = img_as_float(getattr(data, name)())
+        if im.ndim == 3:
+            im = rgb2gray(im[..., :3])
+        side = min(im.shape)
+        top, left = (im.shape[0] - side) // 2, (im.shape[1] - side) // 2
+        im = resize(im[top:top + side, left:left + side], (args.size, args.size), anti_aliasing=True)
+        atomic_write_bytes(folder / f"{name}.png", png_bytes(im, vmin=0, vmax=1))
+    cfg = apply_overrides(preset("zeiler2010", 3), ["layer3.n_maps=" + str(args.maps3)] + list(args.set or []))
+    print(f"deconvnet demo: {len(DEMO_IMAGES)} scikit-image photos, {args.size}x{args.size} grey, "
+          f"preset zeiler2010 (3 layers)")
+    train_run(folder, out, cfg, device=_device(args.device), progress=not args.quiet, preset_name="zeiler2010",
+              command="deconvnet demo")
+    print(f"open {(out / 'report.html').resolve()} in a browser to see what each layer learned")
+    return 0
+
+
+# ------------------------------------------------------------------- parser
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__  # noqa: PLC0415
+    from .config import PRESETS  # noqa: PLC0415
+
+    ap = argparse.ArgumentParser(prog="deconvnet", description="Deconvolutional Networks (Zeiler et al. 2010): "
+                                 "learn, look at and use hierarchical convolutional sparse codes of images.")
+    ap.add_argument("--version", action="version", version=f"deconvnet {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def device(p):
+        p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                       help="where to compute (auto: cuda when available)")
+
+    p = sub.add_parser("train", help="train a network on a folder of images")
+    p.add_argument("images", metavar="IMAGES_DIR")
+    p.add_argument("--preset", default="zeiler2010", choices=sorted(PRESETS))
+    p.add_argument("--layers", type=int, default=3, help="number of layers (default 3)")
+    p.add_argument("--config", metavar="FILE", help="a JSON configuration (as RUN_DIR/config.json) instead of a preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a field: a network field (color=rgb), a field of every layer (lam=2) "
+                        "or of one layer (layer2.p=1); repeatable")
+    p.add_argument("--epochs", type=int, help="epochs per layer (shortcut for --set n_epochs=N)")
+    p.add_argument("--seed", type=int, help="random seed (shortcut for --set seed=N)")
+    p.add_argument("--color", choices=["gray", "rgb"], help="shortcut for --set color=...")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/IMAGES_DIR-PRESET)")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    device(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("infer", help="feature maps of images (.npy and .png)")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--layer", type=int, help="only this layer (default: every layer)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    device(p)
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("project", help="pixel-space filters of every layer as PNG grids")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--layer", type=int, help="only this layer")
+    p.add_argument("--zoom", type=int, default=6, help="pixels per filter pixel (default 6)")
+    device(p)
+    p.set_defaults(func=cmd_project)
+
+    p = sub.add_parser("reconstruct", help="reconstruct an image from one layer's maps")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    device(p)
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--images", nargs="+", metavar="IMAGE", help="images to reconstruct (default: 3 training images)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="train on scikit-image's sample photos and write a report (about 2 minutes)")
+    p.add_argument("--out", default="deconvnet-demo", metavar="DIR", help="run folder (default ./deconvnet-demo)")
+    p.add_argument("--size", type=int, default=64, help="side of the square grey demo images (default 64)")
+    p.add_argument("--maps3", type=int, default=150, help="layer-3 maps (default 150, as the paper)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, as in train")
+    p.add_argument("--quiet", action="store_true")
+    device(p)
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``deconvnet`` command; returns the exit status."""
+    ap = _parser()
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("deconvnet: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, RuntimeError, OSError) as err:
+        msg = str(err) if not isinstance(err, OSError) or not err.filename else \
+            f"{err.filename}: {err.strerror or err}"
+        print(f"deconvnet: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

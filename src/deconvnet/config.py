@@ -1,0 +1,359 @@
+r"""Typed configuration of a deconvolutional network, the presets, and overrides.
+
+A :class:`NetConfig` holds what the network is (preprocessing, boundary, seed) and one
+:class:`LayerConfig` per layer (maps, filters, connectivity, cost, solver, training). Both are
+frozen dataclasses, validated on construction: every error names the field, the value and
+what is allowed. They round-trip through plain dicts (JSON), and :func:`apply_overrides`
+changes fields from ``KEY=VALUE`` strings (the CLI's ``--set``).
+
+Presets (``PRESETS``):
+
+``zeiler2010``
+    the 2010 toolbox defaults (``Defaults/set_defaults_here.m``, labelled "from cvpr2010";
+    paper-notes Sec. 1.3, 8): 9 / 45 / 150 maps of 7x7 filters, connectivity full /
+    singles+pairs / random-pairs, ``lam = 1``, ``p = 0.8, 0.8, 1``, continuation with
+    ``beta = 1 -> 1e5`` (x10, 6 steps) and 2 CG iterations per step, filters updated after
+    every image by CG (2 iterations at layer 1 with contrast normalisation, 4 above), 5
+    epochs per layer, toolbox contrast normalisation, chaining rescale on. A 4th layer, if
+    asked for, follows the toolbox's 4th column (150 maps, 9x9, random pairs, ``p = 1``).
+    Colour: grey (the toolbox default is RGB; ``color=rgb`` gives it).
+``fast``
+    the same network solved well rather than quickly-and-loosely: FISTA to a relative tolerance,
+    filters updated per mini-batch, and a larger ``lam``. With ``lam = 1`` the exact
+    minimiser on contrast-normalised inputs is often ``z = 0`` (the toolbox's few inexact CG
+    steps hide this), so the preset raises ``lam`` to keep the maps informative.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .connectivity import CONNECTIVITIES, n_maps_for
+
+__all__ = ["ConfigError", "LayerConfig", "NetConfig", "PRESETS", "PREPROCESSING", "preset", "apply_overrides"]
+
+METHODS = ("continuation", "fista", "admm")
+FILTER_METHODS = ("cg", "gradient")
+BOUNDARIES = ("valid", "circular")
+COLORS = ("gray", "rgb")
+SCALINGS = ("minmax", "std")
+DTYPES = ("float32", "float64")
+#: preprocessing kinds, implemented in :mod:`deconvnet.preprocess`.
+PREPROCESSING = ("toolbox2010", "laplacian", "lcn2011", "none")
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed; the message names field, value and what is allowed."""
+
+
+def _fail(name: str, value, allowed: str):
+    raise ConfigError(f"{name}={value!r} is not allowed: {allowed}")
+
+
+def _int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _fail(name, value, f"an integer >= {minimum}")
+
+
+def _real(name, value, positive=True, minimum=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(name, value, "a finite number")
+    if positive and value <= 0:
+        _fail(name, value, "a number > 0")
+    if minimum is not None and value < minimum:
+        _fail(name, value, f"a number >= {minimum}")
+
+
+def _choice(name, value, options):
+    if value not in options:
+        _fail(name, value, "one of " + ", ".join(map(str, options)))
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """One layer: its maps, filters, connectivity, cost and solver.
+
+    Fields: ``n_maps`` (K), ``filter_size`` (s), ``connectivity`` (see
+    :mod:`deconvnet.connectivity`), ``lam`` and ``p`` (the cost), ``method`` (inference:
+    continuation / fista / admm), ``n_epochs``, ``batch_size`` (images per filter update;
+    1 = the toolbox), ``filter_method`` / ``filter_iters`` (filter update), ``max_iter`` /
+    ``tol`` (fista, admm), ``beta0`` / ``beta_inc`` / ``n_beta`` / ``n_cg`` (continuation).
+    """
+
+    n_maps: int
+    filter_size: int = 7
+    connectivity: str = "full"
+    lam: float = 1.0
+    p: float = 1.0
+    method: str = "continuation"
+    n_epochs: int = 5
+    batch_size: int = 1
+    filter_method: str = "cg"
+    filter_iters: int = 2
+    max_iter: int = 500
+    tol: float = 1e-4
+    beta0: float = 1.0
+    beta_inc: float = 10.0
+    n_beta: int = 6
+    n_cg: int = 2
+
+    def __post_init__(self):
+        for name in ("lam", "p", "tol", "beta0", "beta_inc"):  # JSON may write 1 for 1.0
+            v = getattr(self, name)
+            if isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, name, float(v))
+        self.validate()
+
+    def validate(self, where: str = "layer") -> None:
+        """Raise :class:`ConfigError` for the first bad field; ``where`` prefixes names."""
+        w = f"{where}."
+        _int(w + "n_maps", self.n_maps)
+        _int(w + "filter_size", self.filter_size)
+        _choice(w + "connectivity", self.connectivity, CONNECTIVITIES)
+        _real(w + "lam", self.lam)
+        _real(w + "p", self.p)
+        if self.p > 1:
+            _fail(w + "p", self.p, "a number in (0, 1]")
+        _choice(w + "method", self.method, METHODS)
+        _int(w + "n_epochs", self.n_epochs)
+        _int(w + "batch_size", self.batch_size)
+        _choice(w + "filter_method", self.filter_method, FILTER_METHODS)
+        _int(w + "filter_iters", self.filter_iters)
+        _int(w + "max_iter", self.max_iter)
+        _real(w + "tol", self.tol)
+        _real(w + "beta0", self.beta0)
+        _real(w + "beta_inc", self.beta_inc)
+        if self.beta_inc <= 1:
+            _fail(w + "beta_inc", self.beta_inc, "a number > 1")
+        _int(w + "n_beta", self.n_beta)
+        _int(w + "n_cg", self.n_cg)
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """A whole network.
+
+    Fields:
+        layers: one :class:`LayerConfig` per layer, bottom first.
+        color: ``"gray"`` or ``"rgb"``: the channels of layer 1's input.
+        preprocess: ``"toolbox2010"`` | ``"laplacian"`` | ``"lcn2011"`` | ``"none"``
+            (:func:`deconvnet.preprocess.preprocess`).
+        max_side: images whose longer side exceeds this are downscaled (anti-aliased) to it
+            before preprocessing; ``None`` keeps every size.
+        rescale: map the preprocessed training set to [-1, 1] and subtract its mean (toolbox
+            ``rescale_all_n1_1``); the same affine map is stored and reused at inference.
+        chain: the same rescale on each layer's maps before they feed the next layer.
+        scaling: how ``rescale`` and ``chain`` scale: ``"minmax"`` (toolbox: to [-1, 1], then
+            zero mean) or ``"std"`` (zero mean, unit variance). With ``"std"`` one ``lam`` means
+            the same at every layer, however sparse the maps below are; with ``"minmax"`` the
+            maps of higher layers, being sparser, come in with a small variance and need a
+            larger ``lam`` to be explained at all.
+        boundary: ``"valid"`` (paper) or ``"circular"``.
+        seed: seeds the filter initialisation, the image order and random connectivity
+            (layer ``l`` uses ``seed + l``).
+        dtype: ``"float32"`` or ``"float64"``.
+    """
+
+    layers: tuple[LayerConfig, ...]
+    color: str = "gray"
+    preprocess: str = "toolbox2010"
+    max_side: int | None = 256
+    rescale: bool = True
+    chain: bool = True
+    scaling: str = "minmax"
+    boundary: str = "valid"
+    seed: int = 0
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(self.layers))
+        self.validate()
+
+    @property
+    def in_channels(self) -> int:
+        return 1 if self.color == "gray" else 3
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for the first bad field, including layer-to-layer fit."""
+        if not self.layers:
+            _fail("layers", list(self.layers), "at least one layer")
+        _choice("color", self.color, COLORS)
+        _choice("preprocess", self.preprocess, PREPROCESSING)
+        if self.max_side is not None:
+            _int("max_side", self.max_side, minimum=8)
+        for name in ("rescale", "chain"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, getattr(self, name), "true or false")
+        _choice("scaling", self.scaling, SCALINGS)
+        _choice("boundary", self.boundary, BOUNDARIES)
+        _int("seed", self.seed, minimum=0)
+        _choice("dtype", self.dtype, DTYPES)
+        C = self.in_channels
+        for i, layer in enumerate(self.layers, start=1):
+            if not isinstance(layer, LayerConfig):
+                _fail(f"layer{i}", layer, "a LayerConfig")
+            layer.validate(f"layer{i}")
+            implied = n_maps_for(layer.connectivity, C)
+            if implied is not None and implied != layer.n_maps:
+                raise ConfigError(f"layer{i}.n_maps={layer.n_maps!r} is not allowed: connectivity "
+                                  f"{layer.connectivity!r} on the {C} maps below gives {implied} maps")
+            if layer.connectivity == "random-pairs" and C < 2:
+                raise ConfigError(f"layer{i}.connectivity='random-pairs' is not allowed: the layer below has "
+                                  f"{C} map(s), and a pair needs 2")
+            if layer.method == "admm" and self.boundary != "circular":
+                raise ConfigError(f"layer{i}.method='admm' is not allowed with boundary={self.boundary!r}: "
+                                  "ADMM needs boundary='circular'")
+            C = layer.n_maps
+
+    # ------------------------------------------------------------ dict / JSON
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["layers"] = [dataclasses.asdict(layer) for layer in self.layers]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NetConfig":
+        """Build from a dict as written by :meth:`to_dict`; unknown keys are errors."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a configuration must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise ConfigError(f"unknown configuration field {extra[0]!r}; known: {', '.join(sorted(known))}")
+        if "layers" not in d or not isinstance(d["layers"], list):
+            raise ConfigError("the configuration needs 'layers', a list of layer objects")
+        layer_known = {f.name for f in fields(LayerConfig)}
+        layers = []
+        for i, ld in enumerate(d["layers"], start=1):
+            if not isinstance(ld, dict):
+                raise ConfigError(f"layer{i} must be an object, got {type(ld).__name__}")
+            extra = sorted(set(ld) - layer_known)
+            if extra:
+                raise ConfigError(f"unknown field layer{i}.{extra[0]}; known: {', '.join(sorted(layer_known))}")
+            if "n_maps" not in ld:
+                raise ConfigError(f"layer{i}.n_maps is missing")
+            layers.append(_layer(i, LayerConfig, **ld))
+        rest = {k: v for k, v in d.items() if k != "layers"}
+        return cls(layers=tuple(layers), **rest)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _layer(index: int, make, *args, **kwargs) -> LayerConfig:
+    """``make(*args, **kwargs)`` with errors naming the layer: ``layer.lam`` -> ``layer2.lam``."""
+    try:
+        return make(*args, **kwargs)
+    except ConfigError as err:
+        msg = str(err)
+        raise ConfigError(f"layer{index}." + msg[len("layer."):] if msg.startswith("layer.") else msg) from None
+    except TypeError as err:
+        raise ConfigError(f"layer{index}: {err}") from None
+
+
+# ------------------------------------------------------------------ presets
+def _zeiler2010(n_layers: int) -> NetConfig:
+    columns = [  # n_maps, filter_size, connectivity, p, filter_iters (toolbox columns 1-4)
+        (9, 7, "full", 0.8, 2),
+        (45, 7, "singles+pairs", 0.8, 4),
+        (150, 7, "random-pairs", 1.0, 4),
+        (150, 9, "random-pairs", 1.0, 4),
+    ]
+    layers = []
+    for i in range(n_layers):
+        K, s, conn, p, fit = columns[min(i, len(columns) - 1)]
+        layers.append(LayerConfig(n_maps=K, filter_size=s, connectivity=conn, lam=1.0, p=p,
+                                  method="continuation", n_epochs=5, batch_size=1, filter_method="cg",
+                                  filter_iters=fit, beta0=1.0, beta_inc=10.0, n_beta=6, n_cg=2))
+    return NetConfig(layers=tuple(layers))
+
+
+def _fast(n_layers: int) -> NetConfig:
+    base = _zeiler2010(n_layers)
+    layers = tuple(replace(layer, method="fista", lam=1.0, p=1.0, max_iter=50, tol=1e-3, batch_size=5,
+                           filter_iters=4, n_epochs=5) for layer in base.layers)
+    return replace(base, layers=layers, scaling="std")
+
+
+PRESETS = {"zeiler2010": _zeiler2010, "fast": _fast}
+
+
+def preset(name: str, n_layers: int = 3) -> NetConfig:
+    """The configuration of a named preset with ``n_layers`` layers."""
+    if name not in PRESETS:
+        _fail("preset", name, "one of " + ", ".join(PRESETS))
+    _int("layers", n_layers)
+    return PRESETS[name](n_layers)
+
+
+# ---------------------------------------------------------------- overrides
+def _parse(name: str, text: str, current):
+    """Parse ``text`` for a field whose current value is ``current``."""
+    low = text.strip().lower()
+    if isinstance(current, bool):
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        _fail(name, text, "true or false")
+    if name.endswith("max_side") and low in ("none", "null", ""):
+        return None
+    if isinstance(current, int) or name.endswith("max_side"):
+        try:
+            return int(low)
+        except ValueError:
+            _fail(name, text, "an integer")
+    if isinstance(current, float):
+        try:
+            return float(low)
+        except ValueError:
+            _fail(name, text, "a number")
+    return text.strip()
+
+
+def apply_overrides(cfg: NetConfig, overrides: dict[str, str] | list[str]) -> NetConfig:
+    """Return ``cfg`` with fields set from strings.
+
+    Keys: a network field (``color``, ``seed``...), a layer field for every layer (``lam``,
+    ``n_epochs``...), or one layer's field (``layer2.lam``, 1-based). A list of
+    ``"KEY=VALUE"`` strings is accepted too.
+    """
+    if isinstance(overrides, (list, tuple)):
+        pairs = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like KEY=VALUE (e.g. lam=2 or layer2.p=1)")
+            k, v = item.split("=", 1)
+            pairs[k.strip()] = v
+        overrides = pairs
+    net_fields = {f.name for f in fields(NetConfig)} - {"layers"}
+    layer_fields = {f.name for f in fields(LayerConfig)}
+    net_changes: dict[str, Any] = {}
+    layers = list(cfg.layers)
+    for key, text in overrides.items():
+        if key in net_fields:
+            net_changes[key] = _parse(key, text, getattr(cfg, key))
+        elif key in layer_fields:
+            layers = [_layer(i, replace, layer, **{key: _parse(key, text, getattr(layer, key))})
+                      for i, layer in enumerate(layers, start=1)]
+        elif key.startswith("layer") and "." in key:
+            head, sub = key.split(".", 1)
+            try:
+                idx = int(head[5:])
+            except ValueError:
+                idx = 0
+            if not 1 <= idx <= len(layers):
+                _fail("override", key, f"layer numbers run from 1 to {len(layers)}")
+            if sub not in layer_fields:
+                _fail("override", key, "a layer field, one of " + ", ".join(sorted(layer_fields)))
+            layer = layers[idx - 1]
+            layers[idx - 1] = _layer(idx, replace, layer, **{sub: _parse(key, text, getattr(layer, sub))})
+        else:
+            _fail("override", key, "a network field (" + ", ".join(sorted(net_fields)) + ") or a layer field ("
+                  + ", ".join(sorted(layer_fields)) + "), optionally as layerN.FIELD")
+    return replace(cfg, layers=tuple(layers), **net_changes)
+

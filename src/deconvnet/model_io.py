@@ -1,0 +1,217 @@
+r"""Model files: tensors in safetensors, everything else in JSON; nothing is ever unpickled.
+
+A model is two files side by side, ``NAME.safetensors`` and ``NAME.json`` (``model.*`` in a
+run folder):
+
+``NAME.safetensors``
+    ``layer{l}.filters`` ``(K_l, C_l, s_l, s_l)`` and ``layer{l}.connectivity`` ``(K_l, C_l)``
+    uint8, for ``l = 1..L``. Its header metadata holds ``format`` (``deconvnet-model``),
+    ``format_version`` and ``json_sha256``, the SHA-256 of the canonical form of the JSON
+    document (sorted keys, no ``weights_sha256``).
+``NAME.json``
+    ``format``, ``format_version``, ``config`` (:class:`~deconvnet.config.NetConfig` as a
+    dict: preprocessing, layers, seed...), ``input_affine``, per layer ``chain_affine``,
+    ``connectivity_seed``, the training history and timings, the versions of deconvnet,
+    torch, numpy and python that wrote it, and ``weights_sha256``, the SHA-256 of the
+    weights file.
+
+Each file names the other's hash, so a truncated, corrupted, edited or mismatched pair is
+refused with a :class:`ModelFileError` that says which file and why. Files are written to a
+temporary name and renamed into place (weights first, JSON last), so an interrupted save
+leaves either the previous model or a pair that fails the hash check, never a silent mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from ._files import atomic_write_bytes
+from .config import ConfigError, NetConfig
+from .layer import EpochRecord
+
+__all__ = ["ModelFileError", "save_model", "load_model", "model_paths", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "deconvnet-model"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, truncated, corrupted, foreign or from a newer version."""
+
+
+def model_paths(path) -> tuple[Path, Path]:
+    """``(weights, json)`` for a run folder, a ``.safetensors`` or a ``.json`` path."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "model.safetensors", path / "model.json"
+    if path.suffix == ".json":
+        return path.with_suffix(".safetensors"), path
+    if path.suffix == ".safetensors":
+        return path, path.with_suffix(".json")
+    raise ModelFileError(f"{path}: expected a run folder, a .safetensors or a .json model file")
+
+
+def _canonical(doc: dict) -> bytes:
+    body = {k: v for k, v in doc.items() if k != "weights_sha256"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _finite(x: float) -> float:
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"refusing to save a non-finite value {x}")
+    return x
+
+
+def save_model(net, path) -> Path:
+    """Write ``net`` (a fitted :class:`~deconvnet.DeconvNet`) as described in the module doc."""
+    from safetensors.torch import save  # noqa: PLC0415
+
+    path = Path(path)
+    if path.suffix not in (".safetensors", ".json"):
+        path.mkdir(parents=True, exist_ok=True)
+    weights_path, json_path = model_paths(path)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    layers = []
+    for i, layer in enumerate(net.layers_, start=1):
+        f = layer.filters_.detach().to("cpu").contiguous()
+        if not bool(torch.isfinite(f).all()):
+            raise ValueError(f"layer {i} has non-finite filters; the model is not saved")
+        tensors[f"layer{i}.filters"] = f
+        tensors[f"layer{i}.connectivity"] = layer.connectivity_.to("cpu", torch.uint8).contiguous()
+        chain = net.chain_affines_[i - 1] if i <= len(net.chain_affines_) else None
+        history = net.history_[i - 1] if i <= len(net.history_) else []
+        layers.append({
+            "n_maps": layer.n_maps, "in_channels": layer.in_channels, "filter_size": layer.filter_size,
+            "connectivity_seed": net.connectivity_seeds_[i - 1],
+            "chain_affine": None if chain is None else [_finite(chain[0]), _finite(chain[1])],
+            "history": [{k: float(v) if isinstance(v, float) else v for k, v in vars(r).items()} for r in history],
+            "seconds": float(net.seconds_[i - 1]) if i <= len(net.seconds_) else None,
+        })
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": net.config.to_dict(),
+        "input_affine": [_finite(v) for v in net.input_affine_],
+        "layers": layers,
+        "versions": {"deconvnet": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+            "json_sha256": hashlib.sha256(_canonical(doc)).hexdigest()}
+    blob = save(tensors, metadata=meta)
+    atomic_write_bytes(weights_path, blob)
+    doc["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+    atomic_write_bytes(json_path, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())
+    return weights_path
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: {what} not found") from None
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot read {what} ({err.strerror or err})") from None
+
+
+def _need(cond: bool, path: Path, why: str) -> None:
+    if not cond:
+        raise ModelFileError(f"{path}: {why}")
+
+
+def load_model(path, *, device="cpu"):
+    """Read a model written by :func:`save_model`; raise :class:`ModelFileError` if anything
+    about the pair of files is wrong."""
+    from safetensors.torch import load  # noqa: PLC0415
+
+    from .network import DeconvNet  # noqa: PLC0415
+
+    weights_path, json_path = model_paths(path)
+    raw = _read(json_path, "model description (JSON)")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{json_path}: not valid JSON ({err}); the file is truncated or not a model") from None
+    _need(isinstance(doc, dict) and doc.get("format") == FORMAT, json_path, f"not a {FORMAT} description")
+    version = doc.get("format_version")
+    _need(isinstance(version, int) and not isinstance(version, bool), json_path, "format_version is missing")
+    _need(version <= FORMAT_VERSION, json_path,
+          f"written by a newer deconvnet (format {version}; this one reads up to {FORMAT_VERSION}): upgrade deconvnet")
+    blob = _read(weights_path, "weights file (safetensors)")
+    _need(hashlib.sha256(blob).hexdigest() == doc.get("weights_sha256"), weights_path,
+          f"does not match {json_path.name} (the weights file is truncated, corrupted or from another model)")
+    try:
+        tensors = load(blob)
+    except Exception as err:  # safetensors raises its own error types on malformed headers
+        raise ModelFileError(f"{weights_path}: not a readable safetensors file ({err})") from None
+    header_len = int.from_bytes(blob[:8], "little")  # safetensors: u64 length, then a JSON header
+    meta = json.loads(blob[8:8 + header_len]).get("__metadata__") or {}  # readable: load() parsed it
+    _need(meta.get("format") == FORMAT, weights_path, f"not a {FORMAT} weights file")
+    _need(meta.get("json_sha256") == hashlib.sha256(_canonical(doc)).hexdigest(), json_path,
+          f"does not match {weights_path.name} (the description was edited or belongs to another model)")
+    try:
+        config = NetConfig.from_dict(doc["config"])
+    except (ConfigError, TypeError, KeyError) as err:
+        raise ModelFileError(f"{json_path}: bad configuration ({err})") from None
+    net = DeconvNet(config, device=device)
+    try:
+        _restore(net, doc, tensors)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise ModelFileError(f"{json_path}: inconsistent model ({type(err).__name__}: {err})") from None
+    return net
+
+
+def _affine(value, name: str) -> tuple[float, float]:
+    """A stored ``[scale, shift]`` pair: two finite numbers, non-zero scale."""
+    if not isinstance(value, list) or len(value) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"{name} must be [scale, shift], got {value!r}")
+    a, b = float(value[0]), float(value[1])
+    if not (math.isfinite(a) and math.isfinite(b) and a != 0):
+        raise ValueError(f"{name} {value!r} is not usable (finite numbers, non-zero scale)")
+    return a, b
+
+
+def _restore(net, doc: dict, tensors: dict) -> None:
+    cfg = net.config
+    layers_doc = doc["layers"]
+    if len(layers_doc) != net.n_layers:
+        raise ValueError(f"{len(layers_doc)} layers described, {net.n_layers} configured")
+    net.input_affine_ = _affine(doc["input_affine"], "input_affine")
+    net.layers_, net.chain_affines_, net.history_, net.seconds_, net.connectivity_seeds_ = [], [], [], [], []
+    C = cfg.in_channels
+    for i, (lc, ld) in enumerate(zip(cfg.layers, layers_doc), start=1):
+        f = tensors[f"layer{i}.filters"]
+        g = tensors[f"layer{i}.connectivity"]
+        if tuple(f.shape) != (lc.n_maps, C, lc.filter_size, lc.filter_size):
+            raise ValueError(f"layer{i}.filters has shape {tuple(f.shape)}, expected "
+                             f"{(lc.n_maps, C, lc.filter_size, lc.filter_size)}")
+        if tuple(g.shape) != (lc.n_maps, C) or g.dtype != torch.uint8 or bool((g > 1).any()):
+            raise ValueError(f"layer{i}.connectivity must be a ({lc.n_maps}, {C}) 0/1 uint8 table")
+        if not bool(torch.isfinite(f).all()):
+            raise ValueError(f"layer{i}.filters contains NaN or Inf")
+        layer = net._make_layer(i - 1, C, g.numpy().astype(bool))
+        layer.filters_ = f.to(device=net.device, dtype=net.dtype)
+        net.layers_.append(layer)
+        if not isinstance(ld, dict):
+            raise ValueError(f"layer {i} is described by a {type(ld).__name__}, not an object")
+        if ld.get("chain_affine") is not None:
+            net.chain_affines_.append(_affine(ld["chain_affine"], f"layer{i}.chain_affine"))
+        net.history_.append([EpochRecord(**r) for r in ld.get("history", [])])
+        net.seconds_.append(ld.get("seconds"))
+        net.connectivity_seeds_.append(int(ld["connectivity_seed"]))
+        C = lc.n_maps
+    if len(net.chain_affines_) != net.n_layers - 1:
+        raise ValueError("chain_affine must be given for every layer but the last")

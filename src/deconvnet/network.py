@@ -1,0 +1,283 @@
+r"""The deconvolutional network: a stack of :class:`~deconvnet.DeconvLayer` trained greedily
+bottom-up (Zeiler et al. 2010, Sec. 2-3; toolbox ``Training/train.m``).
+
+Data flow for an image ``I`` (``(H, W)`` grey or ``(H, W, 3)`` RGB, values in [0, 1])::
+
+    y_1 = a_0 * preprocess(resize(I)) + b_0                 # (C, H1, W1), layer 1's input
+    z_l = argmin_z C_l(z; y_l, f_l, g_l)                    # (K_l, H_l + s_l - 1, ...)  ('valid')
+    y_{l+1} = a_l * z_l + b_l                               # the chaining step
+
+``(a_0, b_0)`` map the preprocessed training set to [-1, 1] with zero mean (``rescale``),
+``(a_l, b_l)`` do the same to layer ``l``'s training maps (``chain``; toolbox
+``rescale_all_n1_1``); both are fitted once on the training set, stored in the model, and
+reused unchanged on new images, so that inference on one image matches training.
+
+Pixel-space views (Sec. 6 of paper-notes; toolbox ``Top_Down/``):
+
+- :meth:`DeconvNet.project` puts a single 1 in an otherwise zero map of layer ``L`` and
+  synthesises it down through layers ``L-1 ... 1``; with the maps large enough that nothing
+  is cropped this is the composition of the filters along every path of the connectivity,
+
+  .. math:: P_{k}^{(L)} = \sum_{c_{L-1}} \cdots \sum_{c_1} g\,f^{(L)}_{k c_{L-1}} \star
+            f^{(L-1)}_{c_{L-1} c_{L-2}} \star \cdots \star f^{(1)}_{c_1 c}
+
+  (``*`` full 2-D convolution), of size ``S = 1 + sum_l (s_l - 1)``: 13x13 at layer 2 and
+  19x19 at layer 3 for 7x7 filters. It is linear in the impulse and ignores the chaining
+  scale and offset (which change every pixel filter of a layer by the same factor).
+- :meth:`DeconvNet.reconstruct` infers the maps of layer ``L`` from an image and synthesises
+  them down, undoing each chaining step, to layer 1's input space.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import NetConfig, preset
+from .connectivity import connectivity
+from .layer import DeconvLayer
+from .ops import synthesize
+from .preprocess import load_image, preprocess, rescale_affine, resize_max_side
+
+__all__ = ["DeconvNet", "snr_db"]
+
+
+def snr_db(target, estimate) -> float:
+    r"""Signal-to-noise ratio :math:`10\log_{10}(\|y\|^2 / \|y - \hat y\|^2)` in dB."""
+    y = torch.as_tensor(np.asarray(target) if not isinstance(target, torch.Tensor) else target).double()
+    e = torch.as_tensor(np.asarray(estimate) if not isinstance(estimate, torch.Tensor) else estimate).double()
+    err = float(((y - e) ** 2).sum())
+    sig = float((y ** 2).sum())
+    if err == 0:
+        return float("inf")
+    return 10.0 * float(np.log10(sig / err)) if sig > 0 else float("-inf")
+
+
+def _to_chw(image, color: str, index: int) -> np.ndarray:
+    """One user image (path, ``(H, W)``, ``(H, W, 3|4)``) -> ``(C, H, W)`` float64."""
+    if isinstance(image, (str, Path)):
+        return load_image(image, color)
+    a = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
+    if a.dtype == np.uint8:
+        a = a / 255.0
+    elif a.dtype == np.uint16:
+        a = a / 65535.0
+    a = a.astype(np.float64)
+    if a.ndim == 3 and a.shape[2] == 4:
+        a = a[:, :, :3]
+    if a.ndim == 2:
+        a = a[None] if color == "gray" else np.repeat(a[None], 3, axis=0)
+    elif a.ndim == 3 and a.shape[2] == 3:
+        if color == "gray":
+            a = (a @ np.array([0.2125, 0.7154, 0.0721]))[None]  # skimage rgb2gray weights
+        else:
+            a = np.moveaxis(a, 2, 0)
+    else:
+        raise ValueError(f"image {index} has shape {a.shape}; expected (H, W) grey or (H, W, 3) RGB")
+    if not np.isfinite(a).all():
+        raise ValueError(f"image {index} contains NaN or Inf")
+    return a
+
+
+class DeconvNet:
+    """A deconvolutional network of ``len(config.layers)`` layers.
+
+    Args:
+        config: a :class:`~deconvnet.config.NetConfig`, or a preset name (``"zeiler2010"``,
+            ``"fast"``); default ``"zeiler2010"`` with 3 layers.
+        device: ``"cpu"``, ``"cuda"`` or a ``torch.device``.
+        progress: show a progress bar per layer while training.
+
+    Attributes (after :meth:`fit` or :meth:`load`):
+        layers_: the fitted :class:`~deconvnet.DeconvLayer` objects, bottom first.
+        input_affine_: ``(a_0, b_0)``; chain_affines_: ``[(a_l, b_l)]`` for ``l < L``.
+        connectivity_seeds_: the seed each layer's connectivity was drawn with.
+        history_: per layer, the list of :class:`~deconvnet.EpochRecord`.
+        seconds_: training wall time per layer.
+    """
+
+    def __init__(self, config: NetConfig | str | None = None, *, device="cpu", progress: bool = False):
+        if config is None:
+            config = "zeiler2010"
+        self.config = preset(config) if isinstance(config, str) else config
+        if not isinstance(self.config, NetConfig):
+            raise TypeError(f"config must be a NetConfig or a preset name, got {type(config).__name__}")
+        self.config.validate()
+        self.device = torch.device(device)
+        self.progress = progress
+        self.dtype = torch.float32 if self.config.dtype == "float32" else torch.float64
+
+    # ------------------------------------------------------------ structure
+    @property
+    def n_layers(self) -> int:
+        return len(self.config.layers)
+
+    def _check_layer(self, layer: int) -> int:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= self.n_layers:
+            raise ValueError(f"layer={layer!r} is not allowed: this network has layers 1 to {self.n_layers}")
+        return layer
+
+    def _check_fitted(self):
+        if not hasattr(self, "layers_"):
+            raise RuntimeError("this DeconvNet is not trained: call fit(images) or DeconvNet.load(path)")
+
+    def _make_layer(self, index: int, in_channels: int, table: np.ndarray | None) -> DeconvLayer:
+        lc = self.config.layers[index]
+        return DeconvLayer(
+            in_channels, lc.n_maps, lc.filter_size, lam=lc.lam, p=lc.p, connectivity=table, method=lc.method,
+            boundary=self.config.boundary, n_epochs=lc.n_epochs, batch_size=lc.batch_size,
+            filter_method=lc.filter_method, filter_iters=lc.filter_iters, max_iter=lc.max_iter, tol=lc.tol,
+            beta0=lc.beta0, beta_inc=lc.beta_inc, n_beta=lc.n_beta, n_cg=lc.n_cg, seed=self.config.seed + index + 1,
+            device=self.device, dtype=self.dtype, progress=self.progress)
+
+    def _tables(self) -> list[np.ndarray]:
+        """Each layer's ``(K, C)`` connectivity, drawn from its kind and seed."""
+        tables, C = [], self.config.in_channels
+        for i, lc in enumerate(self.config.layers):
+            tables.append(connectivity(lc.connectivity, lc.n_maps, C, seed=self.config.seed + i + 1))
+            C = lc.n_maps
+        return tables
+
+    # --------------------------------------------------------------- inputs
+    def prepare(self, images, *, fit_affine: bool = False) -> list[torch.Tensor]:
+        """Images -> layer 1's inputs, a list of ``(1, C, H1, W1)`` tensors.
+
+        ``images``: a path, a folder, or a list of paths / ``(H, W)`` / ``(H, W, 3)`` arrays
+        with values in [0, 1] (uint8 and uint16 are scaled). Applies ``max_side``, the
+        preprocessing and the stored input rescale (fitted here when ``fit_affine``).
+        """
+        cfg = self.config
+        if isinstance(images, (str, Path)) and Path(images).is_dir():
+            from .preprocess import list_images  # noqa: PLC0415
+
+            images = list_images(images)
+        elif isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 2):
+            images = [images]
+        elif isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[2] in (3, 4) and cfg.color == "rgb":
+            images = [images]
+        if len(images) == 0:
+            raise ValueError("no images given")
+        out = []
+        s = cfg.layers[0].filter_size
+        for i, im in enumerate(images):
+            x = preprocess(resize_max_side(_to_chw(im, cfg.color, i), cfg.max_side), cfg.preprocess)
+            if cfg.boundary == "circular" and min(x.shape[1:]) < s:
+                raise ValueError(f"image {i} is {x.shape[1]}x{x.shape[2]} after preprocessing, smaller than the "
+                                 f"{s}x{s} filters")
+            out.append(x)
+        if fit_affine:
+            self.input_affine_ = rescale_affine(out, cfg.scaling) if cfg.rescale else (1.0, 0.0)
+        a, b = getattr(self, "input_affine_", (1.0, 0.0))
+        return [torch.as_tensor(x * a + b, dtype=self.dtype, device=self.device)[None] for x in out]
+
+    # ------------------------------------------------------------- training
+    def fit(self, images) -> "DeconvNet":
+        """Train every layer in turn on ``images`` (see :meth:`prepare` for what is accepted)."""
+        Y = self.prepare(images, fit_affine=True)
+        tables = self._tables()
+        self.layers_, self.chain_affines_, self.history_, self.seconds_ = [], [], [], []
+        self.connectivity_seeds_ = [self.config.seed + i + 1 for i in range(self.n_layers)]
+        C = self.config.in_channels
+        for i in range(self.n_layers):
+            t0 = time.perf_counter()
+            layer = self._make_layer(i, C, tables[i])
+            layer._progress_desc = f"layer {i + 1}/{self.n_layers}"
+            layer.fit([y[0] for y in Y])
+            self.layers_.append(layer)
+            self.history_.append(list(layer.history_))
+            if i + 1 < self.n_layers:
+                maps = [m for m in layer.maps_]
+                a, b = rescale_affine(maps, self.config.scaling) if self.config.chain else (1.0, 0.0)
+                self.chain_affines_.append((a, b))
+                Y = [m * a + b for m in maps]
+            layer.maps_ = None  # the next layer holds what it needs; free the memory
+            self.seconds_.append(time.perf_counter() - t0)
+            C = layer.n_maps
+        return self
+
+    # ------------------------------------------------------------ inference
+    def _infer_prepared(self, Y: list[torch.Tensor], upto: int) -> list[list[torch.Tensor]]:
+        """Maps of layers ``1..upto`` for prepared inputs: ``out[l][i]`` is ``(K, H', W')``."""
+        out = []
+        for i in range(upto):
+            Z = self.layers_[i].transform([y[0] for y in Y])
+            Z = list(Z) if isinstance(Z, torch.Tensor) else Z
+            out.append(Z)
+            if i + 1 < upto:
+                a, b = self.chain_affines_[i]
+                Y = [(z * a + b)[None] for z in Z]
+        return out
+
+    def infer(self, images, layers: int | None = None) -> list:
+        """Feature maps of every layer (or of layers ``1..layers``).
+
+        Returns a list over layers; item ``l - 1`` is a ``(N, K_l, H_l, W_l)`` tensor, or a
+        list of ``(K_l, H_l, W_l)`` tensors when the images differ in size.
+        """
+        self._check_fitted()
+        upto = self.n_layers if layers is None else self._check_layer(layers)
+        per_layer = self._infer_prepared(self.prepare(images), upto)
+        return [torch.stack(Z) if len({tuple(z.shape) for z in Z}) == 1 else Z for Z in per_layer]
+
+    def synthesize_down(self, z: torch.Tensor, layer: int) -> torch.Tensor:
+        """Maps of ``layer`` ``(N, K, H', W')`` -> layer 1's input space ``(N, C, H, W)``,
+        undoing each chaining step on the way down."""
+        self._check_fitted()
+        self._check_layer(layer)
+        x = z.to(device=self.device, dtype=self.dtype)
+        for i in range(layer - 1, -1, -1):
+            x = self.layers_[i].inverse_transform(x)
+            if i > 0:
+                a, b = self.chain_affines_[i - 1]
+                x = (x - b) / a
+        return x
+
+    def reconstruct(self, images, layer: int) -> list[torch.Tensor]:
+        """Reconstruct images from the maps of ``layer`` alone.
+
+        Returns ``(reconstructions, targets)``: two lists of ``(C, H, W)`` tensors in layer 1's
+        input space (preprocessed and rescaled); :func:`snr_db` compares them.
+        """
+        self._check_fitted()
+        self._check_layer(layer)
+        Y = self.prepare(images)
+        Z = self._infer_prepared(Y, layer)[layer - 1]
+        recon = [self.synthesize_down(z[None], layer)[0] for z in Z]
+        return recon, [y[0] for y in Y]
+
+    def project(self, layer: int) -> torch.Tensor:
+        """Pixel-space filters of ``layer``: ``(K_layer, C, S, S)``, ``S = 1 + sum (s_l - 1)``.
+
+        Each is the image synthesised from a single 1 at the centre of one map of ``layer``
+        through all the layers below it (see the module docstring); layer 1 gives its filters.
+        """
+        self._check_fitted()
+        self._check_layer(layer)
+        K = self.layers_[layer - 1].n_maps
+        x = torch.eye(K, dtype=self.dtype, device=self.device)[:, :, None, None]  # K impulses, 1x1
+        for i in range(layer - 1, -1, -1):
+            lay = self.layers_[i]
+            s = lay.filter_size
+            x = synthesize(F.pad(x, (s - 1,) * 4), lay.filters_, lay._g, "valid")  # full convolution
+        return x
+
+    # --------------------------------------------------------------- files
+    def save(self, path) -> Path:
+        """Write ``model.safetensors`` and ``model.json`` (``path``: a folder or a
+        ``.safetensors`` file); see :mod:`deconvnet.model_io`. Returns the weights path."""
+        from .model_io import save_model  # noqa: PLC0415
+
+        self._check_fitted()
+        return save_model(self, path)
+
+    @classmethod
+    def load(cls, path, *, device="cpu") -> "DeconvNet":
+        """Read a model written by :meth:`save`; never unpickles. ``path``: run folder,
+        ``.safetensors`` or ``.json`` file."""
+        from .model_io import load_model  # noqa: PLC0415
+
+        return load_model(path, device=device)

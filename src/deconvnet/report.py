@@ -1,0 +1,156 @@
+"""A self-contained HTML report of a trained network (every figure embedded as a data URI).
+
+Sections: the configuration and versions; per layer, the filters projected to pixel space
+(:meth:`DeconvNet.project`); reconstructions of a few images from each layer alone with their
+SNR (:meth:`DeconvNet.reconstruct`); objective and sparsity per epoch; timings.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ._files import atomic_write_text
+from .network import DeconvNet, snr_db
+from .plotting import history_png, png_bytes
+from .viz import tile_filters
+
+__all__ = ["write_report", "build_report"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;
+padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td.l,th.l{text-align:left}img{image-rendering:pixelated;max-width:100%}
+figure{display:inline-block;margin:.4em;text-align:center;vertical-align:top}
+figcaption{font-size:.85em;color:#555}pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em}
+.note{color:#555;font-size:.9em}
+"""
+
+
+def _img(data: bytes, alt: str, width: int | None = None) -> str:
+    src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    w = f' width="{width}"' if width else ""
+    return f'<img src="{src}" alt="{html.escape(alt)}"{w}>'
+
+
+def _sym(a: np.ndarray) -> np.ndarray:
+    """Map a signed array to [0, 1] with 0 at mid-grey (channels last for RGB)."""
+    a = np.asarray(a, dtype=np.float64)
+    m = float(np.abs(a).max()) or 1.0
+    a = 0.5 + 0.5 * a / m
+    return np.moveaxis(a, 0, -1) if a.shape[0] == 3 else a[0]
+
+
+def _zoom_for(side: int, target: int = 260) -> int:
+    return max(1, target // max(side, 1))
+
+
+def build_report(net: DeconvNet, *, title: str = "deconvnet run", images=None, image_names=None,
+                 run_info: dict | None = None) -> str:
+    """The report as an HTML string; ``images`` (paths or arrays) are reconstructed."""
+    cfg = net.config
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    info = dict(run_info or {})
+    summary = [("layers", net.n_layers), ("maps", " / ".join(str(l.n_maps) for l in net.layers_)),
+               ("filters", " / ".join(f"{l.filter_size}x{l.filter_size}" for l in net.layers_)),
+               ("connectivity", " / ".join(lc.connectivity for lc in cfg.layers)),
+               ("colour", cfg.color), ("preprocessing", cfg.preprocess)]
+    for key in ("images", "n_images", "device", "preset", "command"):
+        if key in info:
+            summary.append((key.replace("_", " "), info[key]))
+    parts.append("<table>" + "".join(f"<tr><th class='l'>{html.escape(str(k))}</th><td class='l'>"
+                                     f"{html.escape(str(v))}</td></tr>" for k, v in summary) + "</table>")
+
+    # ---- pixel-space filters
+    parts.append("<h2>Filters in pixel space</h2><p class='note'>Each tile is the image made by a single 1 "
+                 "at the centre of one feature map, synthesised down through the layers below "
+                 "(layer 1: the filters themselves). Mid-grey is 0; each tile is scaled on its own.</p>")
+    for i in range(1, net.n_layers + 1):
+        P = net.project(i).cpu()
+        S = P.shape[-1]
+        grid = tile_filters(P)
+        zoom = max(2, min(8, 600 // max(grid.shape[:2])))
+        parts.append(f"<figure>{_img(png_bytes(grid, zoom=zoom, vmin=0, vmax=1), f'layer {i} filters')}"
+                     f"<figcaption>layer {i}: {P.shape[0]} maps, {S}x{S} pixels</figcaption></figure>")
+
+    # ---- reconstructions
+    if images:
+        parts.append("<h2>Reconstructions from each layer alone</h2><p class='note'>The preprocessed input "
+                     "(what layer 1 models) and its reconstruction from the maps of one layer, synthesised "
+                     "down; SNR = 10 log10(|y|^2 / |y - y_hat|^2).</p><table><tr><th class='l'>image</th>"
+                     + "".join(f"<th>layer {i} SNR (dB)</th>" for i in range(1, net.n_layers + 1)) + "</tr>")
+        figures, rows = [], []
+        names = image_names or [str(i + 1) for i in range(len(images))]
+        recon_by_layer = [net.reconstruct(images, i) for i in range(1, net.n_layers + 1)]
+        for j, name in enumerate(names):
+            target = recon_by_layer[0][1][j].cpu().numpy()
+            zoom = _zoom_for(max(target.shape[1:]), 200)
+            cells = [f"<figure>{_img(png_bytes(_sym(target), zoom=zoom, vmin=0, vmax=1), 'input')}"
+                     f"<figcaption>{html.escape(name)}: input</figcaption></figure>"]
+            snrs = []
+            for i, (recons, targets) in enumerate(recon_by_layer, start=1):
+                r = recons[j].cpu().numpy()
+                snr = snr_db(targets[j].cpu(), recons[j].cpu())
+                snrs.append(snr)
+                cells.append(f"<figure>{_img(png_bytes(_sym(r), zoom=zoom, vmin=0, vmax=1), f'layer {i}')}"
+                             f"<figcaption>layer {i}: {snr:.2f} dB</figcaption></figure>")
+            figures.append("<div>" + "".join(cells) + "</div>")
+            rows.append(f"<tr><td class='l'>{html.escape(name)}</td>" + "".join(f"<td>{v:.2f}</td>" for v in snrs)
+                        + "</tr>")
+        parts.append("".join(rows) + "</table>" + "".join(figures))
+
+    # ---- training curves
+    if any(net.history_):
+        parts.append("<h2>Training</h2>" + _img(history_png(net.history_), "objective and sparsity per epoch"))
+        parts.append("<table><tr><th>layer</th><th>epoch</th><th>objective</th><th>data term</th><th>penalty</th>"
+                     "<th>non-zero fraction</th><th>seconds</th></tr>")
+        for i, records in enumerate(net.history_, start=1):
+            for r in records:
+                parts.append(f"<tr><td>{i}</td><td>{r.epoch}</td><td>{r.objective:.5g}</td><td>{r.data:.5g}</td>"
+                             f"<td>{r.penalty:.5g}</td><td>{r.nonzero_fraction:.4f}</td><td>{r.seconds:.2f}</td></tr>")
+        parts.append("</table>")
+    # ---- timings
+    if any(s is not None for s in net.seconds_):
+        total = sum(s for s in net.seconds_ if s is not None)
+        parts.append("<h2>Timings</h2><table><tr><th>layer</th><th>training seconds</th></tr>"
+                     + "".join(f"<tr><td>{i}</td><td>{s:.1f}</td></tr>" for i, s in enumerate(net.seconds_, 1)
+                               if s is not None)
+                     + f"<tr><th>total</th><th>{total:.1f}</th></tr></table>")
+    # ---- configuration
+    parts.append("<h2>Configuration</h2><pre>" + html.escape(cfg.to_json()) + "</pre>")
+    if info.get("versions"):
+        parts.append("<h2>Versions</h2><pre>" + html.escape(json.dumps(info["versions"], indent=2)) + "</pre>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def write_report(run_dir, *, images=None, max_images: int = 3, out=None) -> Path:
+    """Write ``RUN_DIR/report.html`` (or ``out``) for the model in ``run_dir``.
+
+    ``images``: paths to reconstruct; by default the first ``max_images`` training images
+    listed in ``RUN_DIR/run.json``, when they can still be read.
+    """
+    run_dir = Path(run_dir)
+    net = DeconvNet.load(run_dir)
+    info = {}
+    run_json = run_dir / "run.json"
+    if run_json.is_file():
+        try:
+            info = json.loads(run_json.read_text())
+        except (OSError, ValueError):
+            info = {}
+    meta = json.loads((run_dir / "model.json").read_text()) if (run_dir / "model.json").is_file() else {}
+    info.setdefault("versions", meta.get("versions"))
+    if images is None:
+        images = [p for p in info.get("files", []) if Path(p).is_file()][:max_images]
+    images = [Path(p) for p in images][:max_images]
+    html_text = build_report(net, title=f"deconvnet: {run_dir.resolve().name}", images=images or None,
+                             image_names=[p.name for p in images], run_info=info)
+    return atomic_write_text(Path(out) if out else run_dir / "report.html", html_text)
