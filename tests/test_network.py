@@ -287,3 +287,29 @@ def test_fit_on_a_folder_equals_fit_on_the_arrays(tmp_path):
     assert a.input_affine_ == pytest.approx(b.input_affine_, rel=1e-12)
     assert len(a.prepare(tmp_path)) == 2
     torch.testing.assert_close(a.layers_[0].filters_, b.layers_[0].filters_, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------- map activity
+def test_layer_map_activity_counts_nonzeros_of_the_last_epoch():
+    """Oracle: numpy count of non-zero entries of each map over the stored training maps."""
+    from deconvnet import DeconvLayer
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((3, 1, 16, 16))
+    lay = DeconvLayer(1, 4, 3, lam=2.0, method="fista", n_epochs=2, max_iter=30).fit(X)
+    Z = np.concatenate([to_np(m) for m in lay.maps_])  # (3, 4, 18, 18)
+    expected = (Z != 0).sum(axis=(0, 2, 3)) / (Z.shape[0] * Z.shape[2] * Z.shape[3])
+    np.testing.assert_allclose(lay.map_activity_, expected)
+    assert 0 < expected.max() <= 1
+
+
+def test_map_order_and_activity_survive_save_load(tmp_path):
+    net = tiny_net([(3, 3, "full"), (6, 3, "singles+pairs")])
+    for lay in net.layers_:
+        assert lay.map_activity_.shape == (lay.n_maps,)
+    net.layers_[1].map_activity_ = np.array([0.1, 0.0, 0.3, 0.3, 0.05, 0.2])
+    assert net.map_order(2).tolist() == [2, 3, 5, 0, 4, 1]  # descending, ties in index order
+    net.save(tmp_path / "m")
+    loaded = DeconvNet.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.layers_[1].map_activity_, net.layers_[1].map_activity_)
+    assert loaded.map_order(2).tolist() == [2, 3, 5, 0, 4, 1]

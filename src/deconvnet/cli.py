@@ -206,6 +206,8 @@ def cmd_infer(args) -> int:
 
 
 def cmd_project(args) -> int:
+    import torch  # noqa: PLC0415
+
     from .plotting import save_filter_grid  # noqa: PLC0415
 
     _load.device = _device(args.device)
@@ -215,6 +217,8 @@ def cmd_project(args) -> int:
     layers = [net._check_layer(args.layer)] if args.layer is not None else range(1, net.n_layers + 1)
     for L in layers:
         P = net.project(L)
+        if args.sort == "activity":
+            P = P[torch.as_tensor(net.map_order(L), device=P.device)]
         path = save_filter_grid(P, out / f"layer{L}.png", zoom=args.zoom)
         print(f"layer {L}: {P.shape[0]} pixel-space filters of {P.shape[-1]}x{P.shape[-1]} -> {path}")
     return 0
@@ -336,6 +340,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--layer", type=int, help="only this layer")
     p.add_argument("--zoom", type=int, default=6, help="pixels per filter pixel (default 6)")
+    p.add_argument("--sort", choices=["index", "activity"], default="index",
+                   help="tile order: map index, or most active in training first")
     device(p)
     p.set_defaults(func=cmd_project)
 

@@ -62,6 +62,8 @@ class DeconvLayer:
         connectivity_: ``(K, C)`` boolean tensor.
         history_: list of :class:`EpochRecord`.
         maps_: the training images' maps from the last epoch (list of ``(1, K, H', W')``).
+        map_activity_: ``(K,)`` fraction of non-zero entries of each map in ``maps_``; a map
+            that is never active receives no filter update and keeps its initial filters.
     """
 
     def __init__(self, in_channels: int, n_maps: int, filter_size: int, *, lam: float = 1.0, p: float = 1.0,
@@ -189,6 +191,8 @@ class DeconvLayer:
             bar.close()
         self.filters_ = f
         self.maps_ = maps
+        nz = sum((m[0] != 0).sum(dim=(1, 2)).double() for m in maps)
+        self.map_activity_ = (nz / sum(m[0, 0].numel() for m in maps)).cpu().numpy()
         return self
 
     def transform(self, images, n_passes: int | None = None):

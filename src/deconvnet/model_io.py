@@ -97,6 +97,8 @@ def save_model(net, path) -> Path:
             "chain_affine": None if chain is None else [_finite(chain[0]), _finite(chain[1])],
             "history": [{k: float(v) if isinstance(v, float) else v for k, v in vars(r).items()} for r in history],
             "seconds": float(net.seconds_[i - 1]) if i <= len(net.seconds_) else None,
+            "map_activity": ([float(v) for v in layer.map_activity_] if getattr(layer, "map_activity_", None)
+                             is not None else None),
         })
     doc = {
         "format": FORMAT,
@@ -207,6 +209,12 @@ def _restore(net, doc: dict, tensors: dict) -> None:
         net.layers_.append(layer)
         if not isinstance(ld, dict):
             raise ValueError(f"layer {i} is described by a {type(ld).__name__}, not an object")
+        activity = ld.get("map_activity")
+        if activity is not None:
+            if not (isinstance(activity, list) and len(activity) == lc.n_maps
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in activity)):
+                raise ValueError(f"layer{i}.map_activity must be {lc.n_maps} fractions in [0, 1]")
+            layer.map_activity_ = np.asarray(activity, dtype=np.float64)
         if ld.get("chain_affine") is not None:
             net.chain_affines_.append(_affine(ld["chain_affine"], f"layer{i}.chain_affine"))
         net.history_.append([EpochRecord(**r) for r in ld.get("history", [])])

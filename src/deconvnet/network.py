@@ -249,6 +249,16 @@ class DeconvNet:
         recon = [self.synthesize_down(z[None], layer)[0] for z in Z]
         return recon, [y[0] for y in Y]
 
+    def map_order(self, layer: int) -> np.ndarray:
+        """Indices of ``layer``'s maps, most active in training first (index order when the
+        activity is unknown)."""
+        self._check_fitted()
+        lay = self.layers_[self._check_layer(layer) - 1]
+        act = getattr(lay, "map_activity_", None)
+        if act is None:
+            return np.arange(lay.n_maps)
+        return np.argsort(-np.asarray(act), kind="stable")
+
     def project(self, layer: int) -> torch.Tensor:
         """Pixel-space filters of ``layer``: ``(K_layer, C, S, S)``, ``S = 1 + sum (s_l - 1)``.
 

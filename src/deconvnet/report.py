@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ._files import atomic_write_text
 from .network import DeconvNet, snr_db
@@ -71,14 +72,23 @@ def build_report(net: DeconvNet, *, title: str = "deconvnet run", images=None, i
     # ---- pixel-space filters
     parts.append("<h2>Filters in pixel space</h2><p class='note'>Each tile is the image made by a single 1 "
                  "at the centre of one feature map, synthesised down through the layers below "
-                 "(layer 1: the filters themselves). Mid-grey is 0; each tile is scaled on its own.</p>")
+                 "(layer 1: the filters themselves). Mid-grey is 0; each tile is scaled on its own. Tiles are "
+                 "sorted by how often their map was active (non-zero) on the training images in the last "
+                 "epoch, most active first: a map that is never active gets no filter update, so its tile "
+                 "shows its random initial filters seen through the layers below.</p>")
     for i in range(1, net.n_layers + 1):
         P = net.project(i).cpu()
+        order = net.map_order(i)
         S = P.shape[-1]
-        grid = tile_filters(P)
+        grid = tile_filters(P[torch.as_tensor(order)])
         zoom = max(2, min(8, 600 // max(grid.shape[:2])))
+        act = getattr(net.layers_[i - 1], "map_activity_", None)
+        note = ""
+        if act is not None:
+            note = (f"; active fraction {np.mean(act):.4f} on average; {int((act == 0).sum())} of {len(act)} "
+                    f"maps never active")
         parts.append(f"<figure>{_img(png_bytes(grid, zoom=zoom, vmin=0, vmax=1), f'layer {i} filters')}"
-                     f"<figcaption>layer {i}: {P.shape[0]} maps, {S}x{S} pixels</figcaption></figure>")
+                     f"<figcaption>layer {i}: {P.shape[0]} maps, {S}x{S} pixels{note}</figcaption></figure>")
 
     # ---- reconstructions
     if images:
@@ -88,18 +98,19 @@ def build_report(net: DeconvNet, *, title: str = "deconvnet run", images=None, i
                      + "".join(f"<th>layer {i} SNR (dB)</th>" for i in range(1, net.n_layers + 1)) + "</tr>")
         figures, rows = [], []
         names = image_names or [str(i + 1) for i in range(len(images))]
-        recon_by_layer = [net.reconstruct(images, i) for i in range(1, net.n_layers + 1)]
+        targets = [y[0].cpu() for y in net.prepare(images)]
+        maps = net.infer(images)  # every layer, inferred once
         for j, name in enumerate(names):
-            target = recon_by_layer[0][1][j].cpu().numpy()
+            target = targets[j]
             zoom = _zoom_for(max(target.shape[1:]), 200)
-            cells = [f"<figure>{_img(png_bytes(_sym(target), zoom=zoom, vmin=0, vmax=1), 'input')}"
+            cells = [f"<figure>{_img(png_bytes(_sym(target.numpy()), zoom=zoom, vmin=0, vmax=1), 'input')}"
                      f"<figcaption>{html.escape(name)}: input</figcaption></figure>"]
             snrs = []
-            for i, (recons, targets) in enumerate(recon_by_layer, start=1):
-                r = recons[j].cpu().numpy()
-                snr = snr_db(targets[j].cpu(), recons[j].cpu())
+            for i in range(1, net.n_layers + 1):
+                r = net.synthesize_down(maps[i - 1][j][None], i)[0].cpu()
+                snr = snr_db(target, r)
                 snrs.append(snr)
-                cells.append(f"<figure>{_img(png_bytes(_sym(r), zoom=zoom, vmin=0, vmax=1), f'layer {i}')}"
+                cells.append(f"<figure>{_img(png_bytes(_sym(r.numpy()), zoom=zoom, vmin=0, vmax=1), f'layer {i}')}"
                              f"<figcaption>layer {i}: {snr:.2f} dB</figcaption></figure>")
             figures.append("<div>" + "".join(cells) + "</div>")
             rows.append(f"<tr><td class='l'>{html.escape(name)}</td>" + "".join(f"<td>{v:.2f}</td>" for v in snrs)
