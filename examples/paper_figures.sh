@@ -12,6 +12,6 @@ for set in fruit city; do
     rm -rf "$run"
     deconvnet train "$data/$set" --preset "$preset" --layers 3 \
       --out "$run" --quiet
-    deconvnet project "$run" --out "docs/figures/$set-$preset" --zoom 4
+    deconvnet project "$run" --out "docs/figures/$set-$preset" --zoom 4 --sort activity
   done
 done

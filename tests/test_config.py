@@ -239,3 +239,11 @@ def test_layer_config_is_validated_on_construction(kw):
     """The module docstring says both dataclasses are validated on construction."""
     with pytest.raises(ConfigError):
         LayerConfig(**kw)
+
+
+def test_scaling_field_override_and_validation():
+    cfg = apply_overrides(preset("zeiler2010", 2), ["scaling=std"])
+    assert cfg.scaling == "std" and preset("zeiler2010", 2).scaling == "minmax"
+    assert preset("fast", 2).scaling == "std"
+    with pytest.raises(ConfigError, match=r"^scaling='unit' is not allowed"):
+        apply_overrides(cfg, ["scaling=unit"])

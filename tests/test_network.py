@@ -313,3 +313,14 @@ def test_map_order_and_activity_survive_save_load(tmp_path):
     loaded = DeconvNet.load(tmp_path / "m")
     np.testing.assert_array_equal(loaded.layers_[1].map_activity_, net.layers_[1].map_activity_)
     assert loaded.map_order(2).tolist() == [2, 3, 5, 0, 4, 1]
+
+
+def test_std_scaling_gives_unit_variance_inputs_and_chained_maps():
+    """Oracle: numpy mean and std over the whole (preprocessed) set."""
+    images = make_images(n=3, H=24, W=24, seed=5)
+    net = tiny_net([(3, 3, "full"), (6, 3, "singles+pairs")], images=images, scaling="std")
+    Y = np.concatenate([to_np(y).ravel() for y in net.prepare(images)])
+    assert abs(Y.mean()) < 1e-10 and abs(Y.std() - 1.0) < 1e-10
+    # the chaining affine maps layer-1 training maps (the ones layer 2 was trained on) to unit variance
+    a, b = net.chain_affines_[0]
+    assert a > 0 and np.isfinite(b)
