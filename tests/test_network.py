@@ -324,3 +324,18 @@ def test_std_scaling_gives_unit_variance_inputs_and_chained_maps():
     # the chaining affine maps layer-1 training maps (the ones layer 2 was trained on) to unit variance
     a, b = net.chain_affines_[0]
     assert a > 0 and np.isfinite(b)
+
+
+def test_prepare_accepts_single_arrays_and_stacks():
+    """One (H, W) array is one image; an (N, H, W) stack is N images, each equal to preparing
+    it alone (oracle: the list form)."""
+    images = make_images(n=3, H=20, W=20, seed=7)
+    net = tiny_net([(2, 3, "full")], images=images)
+    stack = net.prepare(np.stack(images))
+    assert len(stack) == 3
+    for s, im in zip(stack, images):
+        torch.testing.assert_close(s, net.prepare([im])[0])
+    assert len(net.prepare(images[0])) == 1
+    assert len(net.prepare(torch.as_tensor(np.stack(images)))) == 3
+    with pytest.raises(ValueError, match="expected"):
+        net.prepare(np.zeros((2, 2, 20, 20, 3)))

@@ -170,7 +170,7 @@ class DeconvLayer:
             t0 = time.perf_counter()
             order = torch.randperm(len(X), generator=gen).tolist()
             tot = dat = pen = 0.0
-            nnz = count = 0
+            nnz = count = done = 0
             for idx in self._batches(order, shapes):
                 y = torch.cat([X[i] for i in idx])
                 z0 = torch.cat([maps[i] for i in idx]) if all(maps[i] is not None for i in idx) else None
@@ -184,8 +184,10 @@ class DeconvLayer:
                 f = update_filters(y, res.z, f, lam=self.lam, g=self._g, boundary=self.boundary,
                                    method=self.filter_method, n_iter=self.filter_iters)
                 if bar is not None:
+                    done += len(idx)
                     bar.update(len(idx))
-                    bar.set_postfix_str(f"epoch {epoch}/{self.n_epochs}, objective {tot:.4g}")
+                    bar.set_postfix_str(f"epoch {epoch}/{self.n_epochs}, image {done}/{len(X)}, "
+                                        f"objective {tot:.4g} (epoch sum so far)")
             self.history_.append(EpochRecord(epoch, tot, dat, pen, nnz / max(count, 1), time.perf_counter() - t0))
         if bar is not None:
             bar.close()

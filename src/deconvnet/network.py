@@ -111,6 +111,14 @@ class DeconvNet:
         self.progress = progress
         self.dtype = torch.float32 if self.config.dtype == "float32" else torch.float64
 
+    def __repr__(self) -> str:
+        cfg = self.config
+        maps = "/".join(str(lc.n_maps) for lc in cfg.layers)
+        sizes = "/".join(str(lc.filter_size) for lc in cfg.layers)
+        state = "trained" if hasattr(self, "layers_") else "untrained"
+        return (f"DeconvNet({len(cfg.layers)} layers, maps {maps}, filters {sizes}, {cfg.color}, "
+                f"preprocess={cfg.preprocess}, {state}, device={self.device})")
+
     # ------------------------------------------------------------ structure
     @property
     def n_layers(self) -> int:
@@ -146,8 +154,9 @@ class DeconvNet:
     def prepare(self, images, *, fit_affine: bool = False) -> list[torch.Tensor]:
         """Images -> layer 1's inputs, a list of ``(1, C, H1, W1)`` tensors.
 
-        ``images``: a path, a folder, or a list of paths / ``(H, W)`` / ``(H, W, 3)`` arrays
-        with values in [0, 1] (uint8 and uint16 are scaled). Applies ``max_side``, the
+        ``images``: a path, a folder, a list of paths / ``(H, W)`` / ``(H, W, 3)`` arrays, or one
+        array ``(H, W)``, ``(H, W, 3)``, ``(N, H, W)``, ``(N, H, W, 3)``; values in [0, 1]
+        (uint8 and uint16 are scaled; an alpha channel is dropped). Applies ``max_side``, the
         preprocessing and the stored input rescale (fitted here when ``fit_affine``).
         """
         cfg = self.config
@@ -155,10 +164,17 @@ class DeconvNet:
             from .preprocess import list_images  # noqa: PLC0415
 
             images = list_images(images)
-        elif isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 2):
+        elif isinstance(images, (str, Path)):
             images = [images]
-        elif isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[2] in (3, 4) and cfg.color == "rgb":
-            images = [images]
+        elif isinstance(images, (np.ndarray, torch.Tensor)):
+            a = images
+            if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4)):
+                images = [a]  # one (H, W) or (H, W, 3|4) image
+            elif a.ndim in (3, 4):
+                images = list(a)  # a stack (N, H, W) or (N, H, W, 3|4)
+            else:
+                raise ValueError(f"images of shape {tuple(a.shape)}: expected (H, W), (H, W, 3), (N, H, W) "
+                                 "or (N, H, W, 3)")
         if len(images) == 0:
             raise ValueError("no images given")
         out = []
