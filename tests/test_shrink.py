@@ -39,7 +39,7 @@ def brute_force(v, beta, p):
         grids.append(np.linspace(min(0.0, v), max(0.0, v), 200_001))
     best_x, best_h = 0.0, float(h(0.0, v, beta, p))
     h_zero = best_h
-    best_nz_x, best_nz_h = None, np.inf
+    best_nz_h = np.inf
     for grid in grids:
         vals = h(grid, v, beta, p)
         i = int(np.argmin(vals))

@@ -16,8 +16,8 @@ Commands (``deconvnet COMMAND --help`` for each):
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -41,13 +41,13 @@ def _device(name: str):
     return name
 
 
-def _load(model):
+def _load(model, device="cpu"):
     from .network import DeconvNet  # noqa: PLC0415
 
     path = Path(model)
     if not path.exists():
         raise UserError(f"{model}: no such run folder or model file")
-    return DeconvNet.load(path, device=getattr(_load, "device", "cpu"))
+    return DeconvNet.load(path, device=device)
 
 
 def _image_files(items: list[str]) -> list[Path]:
@@ -116,19 +116,11 @@ def _config(args):
     return apply_overrides(cfg, overrides)
 
 
-def _versions() -> dict:
-    import torch  # noqa: PLC0415
-
-    from . import __version__  # noqa: PLC0415
-
-    return {"deconvnet": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
-
-
 def train_run(images_dir, out, cfg, *, device="cpu", progress=True, report=True, preset_name=None,
               command=None, say=print):
     """Train ``cfg`` on the usable images of ``images_dir`` and fill the run folder ``out``."""
     from ._files import atomic_write_text  # noqa: PLC0415
+    from .model_io import software_versions  # noqa: PLC0415
     from .network import DeconvNet  # noqa: PLC0415
 
     folder, out = Path(images_dir), Path(out)
@@ -155,7 +147,7 @@ def train_run(images_dir, out, cfg, *, device="cpu", progress=True, report=True,
     atomic_write_text(out / "history.json", json.dumps({"layers": history, "seconds": net.seconds_}, indent=2))
     info = {"images": str(folder.resolve()), "n_images": len(used), "files": [str(p.resolve()) for p in used],
             "skipped": [[str(p), why] for p, why in skipped], "device": str(device), "preset": preset_name,
-            "command": command, "seconds": seconds, "versions": _versions()}
+            "command": command, "seconds": seconds, "versions": software_versions()}
     atomic_write_text(out / "run.json", json.dumps(info, indent=2))
     atomic_write_text(out / "config.json", cfg.to_json() + "\n")
     say(f"trained in {seconds:.1f} s (" + ", ".join(f"layer {i}: {s:.1f} s" for i, s in enumerate(net.seconds_, 1))
@@ -184,8 +176,7 @@ def cmd_infer(args) -> int:
     from .plotting import save_image  # noqa: PLC0415
     from .viz import tile_filters  # noqa: PLC0415
 
-    _load.device = _device(args.device)
-    net = _load(args.model)
+    net = _load(args.model, _device(args.device))
     files = _image_files(args.images)
     layers = [net._check_layer(args.layer)] if args.layer is not None else list(range(1, net.n_layers + 1))
     out = Path(args.out)
@@ -196,7 +187,7 @@ def cmd_infer(args) -> int:
         maps = net.infer([path], layers=max(layers))
         for L in layers:
             z = maps[L - 1][0].detach().cpu()
-            buf = __import__("io").BytesIO()
+            buf = io.BytesIO()
             np.save(buf, z.numpy())
             npy = atomic_write_bytes(out / f"{path.stem}.layer{L}.npy", buf.getvalue())
             save_image(tile_filters(z[:, None]), out / f"{path.stem}.layer{L}.png", zoom=2, vmin=0, vmax=1)
@@ -210,8 +201,7 @@ def cmd_project(args) -> int:
 
     from .plotting import save_filter_grid  # noqa: PLC0415
 
-    _load.device = _device(args.device)
-    net = _load(args.model)
+    net = _load(args.model, _device(args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     layers = [net._check_layer(args.layer)] if args.layer is not None else range(1, net.n_layers + 1)
@@ -227,10 +217,9 @@ def cmd_project(args) -> int:
 def cmd_reconstruct(args) -> int:
     from .network import snr_db  # noqa: PLC0415
     from .plotting import save_image  # noqa: PLC0415
-    from .report import _sym  # noqa: PLC0415
+    from .viz import signed_to_unit  # noqa: PLC0415
 
-    _load.device = _device(args.device)
-    net = _load(args.model)
+    net = _load(args.model, _device(args.device))
     (path,) = _image_files([args.image])
     L = net._check_layer(args.layer)
     out = Path(args.out)
@@ -240,7 +229,7 @@ def cmd_reconstruct(args) -> int:
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     recon, target = net.reconstruct([path], L)
     r = recon[0].detach().cpu().numpy()
-    save_image(_sym(r), out, vmin=0, vmax=1)
+    save_image(signed_to_unit(r), out, vmin=0, vmax=1)
     print(f"{path.name}: reconstruction from layer {L}, SNR {snr_db(target[0].cpu(), recon[0].cpu()):.2f} dB "
           f"(in the preprocessed space) -> {out}")
     return 0

@@ -60,6 +60,12 @@ def model_paths(path) -> tuple[Path, Path]:
     raise ModelFileError(f"{path}: expected a run folder, a .safetensors or a .json model file")
 
 
+def software_versions() -> dict[str, str]:
+    """The versions recorded with models and runs."""
+    return {"deconvnet": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
 def _canonical(doc: dict) -> bytes:
     body = {k: v for k, v in doc.items() if k != "weights_sha256"}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
@@ -106,8 +112,7 @@ def save_model(net, path) -> Path:
         "config": net.config.to_dict(),
         "input_affine": [_finite(v) for v in net.input_affine_],
         "layers": layers,
-        "versions": {"deconvnet": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                     "python": platform.python_version()},
+        "versions": software_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),

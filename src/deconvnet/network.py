@@ -206,10 +206,9 @@ class DeconvNet:
             self.layers_.append(layer)
             self.history_.append(list(layer.history_))
             if i + 1 < self.n_layers:
-                maps = [m for m in layer.maps_]
-                a, b = rescale_affine(maps, self.config.scaling) if self.config.chain else (1.0, 0.0)
+                a, b = rescale_affine(layer.maps_, self.config.scaling) if self.config.chain else (1.0, 0.0)
                 self.chain_affines_.append((a, b))
-                Y = [m * a + b for m in maps]
+                Y = [m * a + b for m in layer.maps_]
             layer.maps_ = None  # the next layer holds what it needs; free the memory
             self.seconds_.append(time.perf_counter() - t0)
             C = layer.n_maps
@@ -252,7 +251,7 @@ class DeconvNet:
                 x = (x - b) / a
         return x
 
-    def reconstruct(self, images, layer: int) -> list[torch.Tensor]:
+    def reconstruct(self, images, layer: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Reconstruct images from the maps of ``layer`` alone.
 
         Returns ``(reconstructions, targets)``: two lists of ``(C, H, W)`` tensors in layer 1's

@@ -18,7 +18,7 @@ import torch
 from ._files import atomic_write_text
 from .network import DeconvNet, snr_db
 from .plotting import history_png, png_bytes
-from .viz import tile_filters
+from .viz import signed_to_unit, tile_filters
 
 __all__ = ["write_report", "build_report"]
 
@@ -38,14 +38,6 @@ def _img(data: bytes, alt: str, width: int | None = None) -> str:
     src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     w = f' width="{width}"' if width else ""
     return f'<img src="{src}" alt="{html.escape(alt)}"{w}>'
-
-
-def _sym(a: np.ndarray) -> np.ndarray:
-    """Map a signed array to [0, 1] with 0 at mid-grey (channels last for RGB)."""
-    a = np.asarray(a, dtype=np.float64)
-    m = float(np.abs(a).max()) or 1.0
-    a = 0.5 + 0.5 * a / m
-    return np.moveaxis(a, 0, -1) if a.shape[0] == 3 else a[0]
 
 
 def _zoom_for(side: int, target: int = 260) -> int:
@@ -98,19 +90,20 @@ def build_report(net: DeconvNet, *, title: str = "deconvnet run", images=None, i
                      + "".join(f"<th>layer {i} SNR (dB)</th>" for i in range(1, net.n_layers + 1)) + "</tr>")
         figures, rows = [], []
         names = image_names or [str(i + 1) for i in range(len(images))]
-        targets = [y[0].cpu() for y in net.prepare(images)]
-        maps = net.infer(images)  # every layer, inferred once
+        Y = net.prepare(images)
+        targets = [y[0].cpu() for y in Y]
+        maps = net._infer_prepared(Y, net.n_layers)  # every layer, inferred once
         for j, name in enumerate(names):
             target = targets[j]
             zoom = _zoom_for(max(target.shape[1:]), 200)
-            cells = [f"<figure>{_img(png_bytes(_sym(target.numpy()), zoom=zoom, vmin=0, vmax=1), 'input')}"
+            cells = [f"<figure>{_img(png_bytes(signed_to_unit(target.numpy()), zoom=zoom, vmin=0, vmax=1), 'input')}"
                      f"<figcaption>{html.escape(name)}: input</figcaption></figure>"]
             snrs = []
             for i in range(1, net.n_layers + 1):
                 r = net.synthesize_down(maps[i - 1][j][None], i)[0].cpu()
                 snr = snr_db(target, r)
                 snrs.append(snr)
-                cells.append(f"<figure>{_img(png_bytes(_sym(r.numpy()), zoom=zoom, vmin=0, vmax=1), f'layer {i}')}"
+                cells.append(f"<figure>{_img(png_bytes(signed_to_unit(r.numpy()), zoom=zoom, vmin=0, vmax=1), f'layer {i}')}"
                              f"<figcaption>layer {i}: {snr:.2f} dB</figcaption></figure>")
             figures.append("<div>" + "".join(cells) + "</div>")
             rows.append(f"<tr><td class='l'>{html.escape(name)}</td>" + "".join(f"<td>{v:.2f}</td>" for v in snrs)

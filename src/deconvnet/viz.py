@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["tile_filters"]
+__all__ = ["tile_filters", "signed_to_unit"]
 
 
 def tile_filters(f, ncols: int | None = None, pad: int = 1, scale: str = "each") -> np.ndarray:
@@ -38,3 +38,12 @@ def tile_filters(f, ncols: int | None = None, pad: int = 1, scale: str = "each")
         r, c = divmod(i, ncols)
         out[pad + r * (s + pad): pad + r * (s + pad) + s, pad + c * (s2 + pad): pad + c * (s2 + pad) + s2] = t
     return out[..., 0] if ch == 1 else out
+
+
+def signed_to_unit(a) -> np.ndarray:
+    """A signed image ``(C, H, W)`` -> ``[0, 1]`` with 0 at mid-grey (one scale for the whole
+    image), as ``(H, W)`` for one channel or ``(H, W, 3)`` for three."""
+    a = a.detach().cpu().double().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, dtype=np.float64)
+    m = float(np.abs(a).max()) or 1.0
+    a = 0.5 + 0.5 * a / m
+    return np.moveaxis(a, 0, -1) if a.shape[0] == 3 else a[0]
