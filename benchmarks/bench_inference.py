@@ -19,21 +19,15 @@ import time
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
-from skimage import data
+from common import camera_problem
 
 import deconvnet as dn
 
 
 def problem(side: int = 256, n_filters: int = 36, s: int = 8, seed: int = 0, dtype=torch.float32, device="cpu"):
-    img = data.camera().astype(np.float64) / 255.0
-    h0, w0 = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
-    crop = img[h0:h0 + side, w0:w0 + side]
-    hp = crop - gaussian_filter(crop, 4.0)
-    hp /= np.abs(hp).max()
-    y = torch.tensor(hp, dtype=dtype, device=device)[None, None]
-    f = dn.init_filters(n_filters, 1, s, seed=seed, dtype=dtype, device=device)
-    return y, f
+    y, f = camera_problem(side, n_filters, s, seed)
+    return (torch.tensor(y, dtype=dtype, device=device)[None, None],
+            torch.tensor(f, dtype=dtype, device=device)[:, None])
 
 
 def time_method(y, f, *, lam, method, boundary, iters, repeat, device):
