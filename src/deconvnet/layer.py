@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._checks import BOUNDARIES, check_int, check_p, check_positive
+from ._checks import BOUNDARIES, check_int, check_p, check_positive, map_size
 from .filters import FILTER_METHODS, init_filters, update_filters
 from .inference import METHODS, sparse_code
+from .mapstore import DEFAULT_MEMORY_LIMIT, MapStore
 from .ops import as_connectivity, synthesize
 
 __all__ = ["DeconvLayer", "EpochRecord"]
@@ -56,12 +57,15 @@ class DeconvLayer:
         seed: seeds the filter initialisation and the image order.
         device, dtype: where and in which precision to compute.
         progress: show a progress bar during ``fit``.
+        map_memory_limit: bytes of warm-start maps kept in memory during ``fit``; above it they
+            go to a temporary folder on disk (:class:`~deconvnet.mapstore.MapStore`). Default 2 GiB.
 
     Attributes:
         filters_: learned filters ``(K, C, s, s)``, unit-norm connected planes.
         connectivity_: ``(K, C)`` boolean tensor.
         history_: list of :class:`EpochRecord`.
-        maps_: the training images' maps from the last epoch (list of ``(1, K, H', W')``).
+        maps_: the training images' maps from the last epoch, a read-only list of
+            ``(1, K, H', W')`` tensors (a :class:`~deconvnet.mapstore.MapStore`).
         map_activity_: ``(K,)`` fraction of non-zero entries of each map in ``maps_``; a map
             that is never active receives no filter update and keeps its initial filters.
     """
@@ -71,7 +75,8 @@ class DeconvLayer:
                  batch_size: int = 1, filter_method: str = "cg", filter_iters: int = 2,
                  max_iter: int | None = None, tol: float | None = None, beta0: float = 1.0,
                  beta_inc: float = 10.0, n_beta: int = 6, n_cg: int = 2, seed: int = 0,
-                 device="cpu", dtype=torch.float32, progress: bool = False):
+                 device="cpu", dtype=torch.float32, progress: bool = False,
+                 map_memory_limit: float = DEFAULT_MEMORY_LIMIT):
         self.in_channels = check_int("in_channels", in_channels)
         self.n_maps = check_int("n_maps", n_maps)
         self.filter_size = check_int("filter_size", filter_size)
@@ -96,6 +101,10 @@ class DeconvLayer:
         self.seed = int(seed)
         self.device, self.dtype = torch.device(device), dtype
         self.progress = progress
+        if isinstance(map_memory_limit, bool) or not isinstance(map_memory_limit, (int, float)) \
+                or not map_memory_limit >= 0:
+            raise ValueError(f"map_memory_limit={map_memory_limit!r} must be a number of bytes >= 0")
+        self.map_memory_limit = float(map_memory_limit)
         g = as_connectivity(connectivity, self.n_maps, self.in_channels, device=self.device)
         self.connectivity_ = (torch.ones(self.n_maps, self.in_channels, dtype=torch.bool, device=self.device)
                               if g is None else g)
@@ -159,7 +168,10 @@ class DeconvLayer:
                          dtype=self.dtype, device=self.device)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         shapes = [tuple(x.shape) for x in X]
-        maps: list[torch.Tensor | None] = [None] * len(X)
+        itemsize = torch.finfo(self.dtype).bits // 8
+        total = sum(self.n_maps * int(np.prod(map_size(h, w, self.filter_size, self.boundary))) * itemsize
+                    for (_, _, h, w) in shapes)
+        maps = MapStore(len(X), total, self.map_memory_limit, device=self.device, dtype=self.dtype)
         self.history_ = []
         bar = None
         if self.progress:
@@ -173,10 +185,11 @@ class DeconvLayer:
             nnz = count = done = 0
             for idx in self._batches(order, shapes):
                 y = torch.cat([X[i] for i in idx])
-                z0 = torch.cat([maps[i] for i in idx]) if all(maps[i] is not None for i in idx) else None
+                warm = [maps.get(i) for i in idx]
+                z0 = torch.cat(warm) if all(w is not None for w in warm) else None
                 res = self._code(y, f, z0)
                 for j, i in enumerate(idx):
-                    maps[i] = res.z[j:j + 1]
+                    maps.set(i, res.z[j:j + 1])
                 last = res.history[-1]
                 tot, dat, pen = tot + last.objective, dat + last.data, pen + last.penalty
                 nnz += int((res.z != 0).sum())
@@ -193,8 +206,11 @@ class DeconvLayer:
             bar.close()
         self.filters_ = f
         self.maps_ = maps
-        nz = sum((m[0] != 0).sum(dim=(1, 2)).double() for m in maps)
-        self.map_activity_ = (nz / sum(m[0, 0].numel() for m in maps)).cpu().numpy()
+        nz, pixels = 0, 0
+        for m in maps:  # one image at a time: the store may be on disk
+            nz = nz + (m[0] != 0).sum(dim=(1, 2)).double()
+            pixels += m[0, 0].numel()
+        self.map_activity_ = (nz / pixels).cpu().numpy()
         return self
 
     def transform(self, images, n_passes: int | None = None):
