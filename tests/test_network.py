@@ -339,3 +339,19 @@ def test_prepare_accepts_single_arrays_and_stacks():
     assert len(net.prepare(torch.as_tensor(np.stack(images)))) == 3
     with pytest.raises(ValueError, match="expected"):
         net.prepare(np.zeros((2, 2, 20, 20, 3)))
+
+
+def test_arrays_and_files_are_read_alike(tmp_path):
+    """An RGBA uint8 array and the same image saved as PNG give the same layer-1 inputs
+    (alpha blended onto white as skimage.color.rgba2rgb does, then rgb2gray)."""
+    from skimage import io
+    from skimage.color import rgb2gray, rgba2rgb
+
+    rng = np.random.default_rng(9)
+    rgba = rng.integers(0, 256, (20, 20, 4), dtype=np.uint8)
+    io.imsave(tmp_path / "a.png", rgba, check_contrast=False)
+    net = tiny_net([(2, 3, "full")], images=make_images(n=2, H=20, W=20), preprocess="none", rescale=False)
+    from_array = to_np(net.prepare([rgba])[0])[0, 0]
+    from_file = to_np(net.prepare([tmp_path / "a.png"])[0])[0, 0]
+    np.testing.assert_allclose(from_array, from_file, atol=1e-12)
+    np.testing.assert_allclose(from_array, rgb2gray(rgba2rgb(rgba / 255.0)), atol=1e-12)

@@ -41,7 +41,7 @@ from .config import NetConfig, preset
 from .connectivity import connectivity
 from .layer import DeconvLayer
 from .ops import synthesize
-from .preprocess import load_image, preprocess, rescale_affine, resize_max_side
+from .preprocess import load_image, preprocess, rescale_affine, resize_max_side, to_chw
 
 __all__ = ["DeconvNet", "snr_db"]
 
@@ -61,23 +61,10 @@ def _to_chw(image, color: str, index: int) -> np.ndarray:
     """One user image (path, ``(H, W)``, ``(H, W, 3|4)``) -> ``(C, H, W)`` float64."""
     if isinstance(image, (str, Path)):
         return load_image(image, color)
-    a = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
-    if a.dtype == np.uint8:
-        a = a / 255.0
-    elif a.dtype == np.uint16:
-        a = a / 65535.0
-    a = a.astype(np.float64)
-    if a.ndim == 3 and a.shape[2] == 4:
-        a = a[:, :, :3]
-    if a.ndim == 2:
-        a = a[None] if color == "gray" else np.repeat(a[None], 3, axis=0)
-    elif a.ndim == 3 and a.shape[2] == 3:
-        if color == "gray":
-            a = (a @ np.array([0.2125, 0.7154, 0.0721]))[None]  # skimage rgb2gray weights
-        else:
-            a = np.moveaxis(a, 2, 0)
-    else:
-        raise ValueError(f"image {index} has shape {a.shape}; expected (H, W) grey or (H, W, 3) RGB")
+    try:
+        a = to_chw(image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image, color)
+    except ValueError as err:
+        raise ValueError(f"image {index}: {err}") from None
     if not np.isfinite(a).all():
         raise ValueError(f"image {index} contains NaN or Inf")
     return a

@@ -33,7 +33,7 @@ import numpy as np
 from scipy.signal import convolve2d
 
 __all__ = ["gaussian_kernel", "local_contrast_normalize", "laplacian_normalize", "local_normalize_2011",
-           "preprocess", "list_images", "rescale_affine", "rescale_dataset", "resize_max_side", "load_image", "load_folder",
+           "preprocess", "list_images", "to_chw", "rescale_affine", "rescale_dataset", "resize_max_side", "load_image", "load_folder",
            "IMAGE_SUFFIXES", "PREPROCESSING"]
 
 PREPROCESSING = ("toolbox2010", "laplacian", "lcn2011", "none")
@@ -160,14 +160,22 @@ def resize_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
     return np.stack([resize(x, (H, W), anti_aliasing=True, preserve_range=True) for x in image])
 
 
-def load_image(path, color: str = "gray") -> np.ndarray:
-    """Read an image file as ``(C, H, W)`` float64 in [0, 1]; ``color`` is ``"gray"`` or ``"rgb"``."""
+def to_chw(image: np.ndarray, color: str = "gray") -> np.ndarray:
+    """An image array ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` -> ``(C, H, W)`` float64.
+
+    Integer images are scaled to [0, 1] (uint8 by 255, uint16 by 65535; ``img_as_float64``),
+    an alpha channel is blended onto white (``rgba2rgb``), and the result is grey
+    (``rgb2gray``, ``C = 1``) or RGB (``C = 3``, grey images repeated) as ``color`` asks.
+    """
     from skimage import color as skcolor  # noqa: PLC0415
-    from skimage import io, util  # noqa: PLC0415
+    from skimage import util  # noqa: PLC0415
 
     if color not in ("gray", "rgb"):
         raise ValueError(f"color={color!r} is not supported; use 'gray' or 'rgb'")
-    im = util.img_as_float64(io.imread(path))
+    im = np.asarray(image)
+    if not (im.ndim == 2 or (im.ndim == 3 and im.shape[2] in (3, 4))):
+        raise ValueError(f"an image has shape {im.shape}; expected (H, W) grey or (H, W, 3) RGB")
+    im = util.img_as_float64(im)
     if im.ndim == 3 and im.shape[2] == 4:
         im = skcolor.rgba2rgb(im)
     if im.ndim == 2:
@@ -175,6 +183,13 @@ def load_image(path, color: str = "gray") -> np.ndarray:
     elif color == "gray":
         im = skcolor.rgb2gray(im)
     return im[None] if im.ndim == 2 else np.moveaxis(im, 2, 0)
+
+
+def load_image(path, color: str = "gray") -> np.ndarray:
+    """Read an image file as ``(C, H, W)`` float64 in [0, 1] (see :func:`to_chw`)."""
+    from skimage import io  # noqa: PLC0415
+
+    return to_chw(io.imread(path), color)
 
 
 def list_images(folder) -> list[Path]:
