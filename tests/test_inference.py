@@ -90,3 +90,17 @@ def test_nan_input_is_rejected():
     y[0, 0, 2, 3] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         dn.sparse_code(y, f, lam=LAM)
+
+
+@pytest.mark.parametrize("method,boundary", [("continuation", "valid"), ("fista", "valid"), ("admm", "circular")])
+def test_record_last_keeps_the_maps_and_the_final_record(method, boundary):
+    y, f = tiny_problem(boundary)
+    full = dn.sparse_code(y, f, lam=LAM, method=method, boundary=boundary)
+    last = dn.sparse_code(y, f, lam=LAM, method=method, boundary=boundary, record="last")
+    assert torch.equal(full.z, last.z)
+    assert len(last.history) == 1 and len(full.history) > 1
+    ref = ref_objective(y, last.z, f, LAM, boundary=boundary)[0]
+    assert last.objective == pytest.approx(ref, rel=1e-9)
+    assert last.history[0].iteration == full.history[-1].iteration
+    with pytest.raises(ValueError, match="record"):
+        dn.sparse_code(y, f, lam=LAM, method=method, boundary=boundary, record="some")

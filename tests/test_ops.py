@@ -271,3 +271,56 @@ def test_normalize_planes_gives_unit_planes_and_zero_unconnected(rng, with_g):
     norms = np.sqrt((out ** 2).sum(axis=(2, 3)))
     np.testing.assert_allclose(norms[g == 1], 1.0, atol=1e-12)
     assert np.all(out[g == 0] == 0)
+
+
+@pytest.mark.parametrize("boundary", ["valid", "circular"])
+@pytest.mark.parametrize("K,C,pairs", [(4, 1, False), (5, 3, False), (12, 4, True)])
+def test_map_operator_matches_scipy_and_its_dense_path(boundary, K, C, pairs):
+    """f -> D_z f and its adjoint from the non-zeros of z: against scipy's synthesis, the
+    adjoint identity, and the convolution path."""
+    from deconvnet.connectivity import connectivity
+    from deconvnet.ops import MapOperator
+
+    gen = torch.Generator().manual_seed(3)
+    s, H, W, B = 3, 9, 11, 2
+    g = torch.as_tensor(connectivity("random-pairs", K, C, seed=0)) if pairs else None
+    f = torch.randn(K, C, s, s, generator=gen, dtype=torch.float64)
+    op = deconvnet.ConvOperator(f, g, boundary)
+    shape = op.map_shape((B, C, H, W))
+    z = torch.randn(shape, generator=gen, dtype=torch.float64) * (torch.rand(shape, generator=gen) < 0.05)
+    r = torch.randn(B, C, H, W, generator=gen, dtype=torch.float64)
+    A = MapOperator(z, op, sparse=True)
+    ref = ref_synthesize(to_np(z), to_np(op.f), None if g is None else to_np(g), boundary)
+    np.testing.assert_allclose(to_np(A.apply(op.f)), ref, atol=1e-12)
+    h = torch.randn(K, C, s, s, generator=gen, dtype=torch.float64) * (op.f != 0)
+    lhs = float((A.apply(h) * r).sum())
+    rhs = float((h * A.adjoint(r)).sum())
+    assert lhs == pytest.approx(rhs, rel=1e-12)
+    dense = MapOperator(z, op, sparse=False)
+    assert not dense.sparse
+    torch.testing.assert_close(A.adjoint(r), dense.adjoint(r), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(A.apply(h), dense.apply(h), rtol=1e-12, atol=1e-12)
+    if g is not None:
+        assert bool((A.adjoint(r)[~g.bool()] == 0).all())
+
+
+def test_map_operator_chooses_the_non_zero_path_for_sparse_maps_only():
+    from deconvnet.ops import SPARSE_MAPS_FRACTION, MapOperator
+
+    op = deconvnet.ConvOperator(torch.randn(4, 1, 3, 3))
+    z = torch.zeros(1, 4, 30, 30)
+    z.view(-1)[:int(SPARSE_MAPS_FRACTION * z.numel())] = 1.0
+    assert MapOperator(z, op).sparse
+    z.view(-1)[:int(SPARSE_MAPS_FRACTION * z.numel()) + 1] = 1.0
+    assert not MapOperator(z, op).sparse
+
+
+def test_map_operator_of_all_zero_maps_is_zero():
+    from deconvnet.ops import MapOperator
+
+    f = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    op = deconvnet.ConvOperator(f)
+    A = MapOperator(torch.zeros(1, 3, 10, 10, dtype=torch.float64), op)
+    assert A.sparse
+    assert float(A.apply(f).abs().sum()) == 0.0
+    assert float(A.adjoint(torch.randn(1, 2, 8, 8, dtype=torch.float64)).abs().sum()) == 0.0

@@ -6,7 +6,7 @@ With ``z`` fixed the data term is a quadratic in the filters,
 .. math:: Q(f) = \frac{\lambda}{2}\sum_b\sum_c \Big\|\sum_k g_{kc}\, z_{bk} * f_{kc} - y_{bc}\Big\|^2,
 
 whose gradient is ``lam * G(z, D_z f - y)`` with ``G`` the correlation of
-:meth:`deconvnet.ops.ConvOperator.filter_gradient`. Two updates are offered:
+:class:`deconvnet.ops.MapOperator` (computed from the non-zeros of sparse maps). Two updates are offered:
 
 ``"cg"`` (the paper and the toolbox)
     ``n_iter`` conjugate-gradient iterations on the normal equations, warm-started at the
@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_filters, check_int, check_positive
-from .ops import ConvOperator, as_connectivity
+from .ops import ConvOperator, MapOperator, as_connectivity
 
 __all__ = ["update_filters", "normalize_planes", "init_filters", "FILTER_METHODS"]
 
@@ -80,31 +80,31 @@ def update_filters(y: torch.Tensor, z: torch.Tensor, f: torch.Tensor, *, lam: fl
     op = ConvOperator(f, g, boundary)
     op.check_pair(y, z)
     f0 = normalize_planes(op.f, op.g)
+    A = MapOperator(z, op)  # f -> D_z f and its adjoint; works on the non-zeros of sparse maps
 
     def residual(fv):
-        return op.with_filters(fv).forward(z) - y
+        return A.apply(fv) - y
 
     R0 = residual(f0)
     Q0 = 0.5 * lam * float((R0 * R0).sum())
     if method == "cg":
-        f_new = _cg(op, z, f0, R0, lam, n_iter)
+        f_new = _cg(A, f0, R0, lam, n_iter)
     else:
-        f_new = _projected_gradient(op, z, f0, R0, Q0, lam, n_iter, residual)
+        f_new = _projected_gradient(A, f0, R0, Q0, lam, n_iter, residual)
     return _monotone_retraction(op, f0, Q0, normalize_planes(f_new, op.g), lam, residual)
 
 
-def _cg(op: ConvOperator, z, f0, R0, lam, n_iter):
+def _cg(A: MapOperator, f0, R0, lam, n_iter):
     """CG on ``lam G(z, D_z f) = lam G(z, y)`` from ``f0``; returns the unnormalised iterate."""
     tiny = torch.finfo(f0.dtype).tiny
     fc = f0.clone()
-    r = -lam * op.filter_gradient(z, R0)  # minus the gradient of Q
+    r = -lam * A.adjoint(R0)  # minus the gradient of Q
     d = r
     rs = float((r * r).sum())
     for _ in range(n_iter):
         if rs <= tiny:
             break
-        Dd = op.with_filters(d).forward(z)
-        Hd = lam * op.filter_gradient(z, Dd)
+        Hd = lam * A.adjoint(A.apply(d))
         dHd = float((d * Hd).sum())
         if dHd <= tiny:
             break
@@ -123,14 +123,14 @@ def _project_balls(f: torch.Tensor) -> torch.Tensor:
     return f / norms.clamp_min(1.0)
 
 
-def _projected_gradient(op, z, f, R, Q, lam, n_iter, residual):
+def _projected_gradient(A: MapOperator, f, R, Q, lam, n_iter, residual):
     """Projected gradient on the convex set of planes with ``||f_kc|| <= 1`` (as in SPORCO's
     and Mairal et al.'s dictionary updates): a step of exact-line-search length along
     ``-grad Q``, halved until the projected point lowers ``Q``. Returns unnormalised filters."""
     tiny = torch.finfo(f.dtype).tiny
     for _ in range(n_iter):
-        G = lam * op.filter_gradient(z, R)
-        DG = op.with_filters(G).forward(z)
+        G = lam * A.adjoint(R)
+        DG = A.apply(G)
         den = lam * float((DG * DG).sum())
         if den <= tiny:
             break

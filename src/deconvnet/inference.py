@@ -176,6 +176,7 @@ def sparse_code(
     rho: float | None = None,
     relax: float = 1.8,
     check_every: int | None = None,
+    record: str = "all",
 ) -> SparseCode:
     r"""Infer sparse feature maps ``z`` with ``D z ~ y`` for a batch of inputs.
 
@@ -199,12 +200,17 @@ def sparse_code(
         check_every: test convergence every this many iterations (default 10 on CPU, 20 on
             GPU, to avoid a host synchronisation per iteration); the ``change`` of the other
             history records is NaN.
+        record: ``"all"`` keeps a history record per iteration (per beta step for
+            continuation); ``"last"`` only the final one, which saves continuation one
+            synthesis per beta step (training uses it).
 
     Returns:
         :class:`SparseCode` with ``.z``, ``.history``, ``.converged``, ``.n_iter``.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; use one of {METHODS}")
+    if record not in ("all", "last"):
+        raise ValueError(f"record={record!r} is not known; use 'all' or 'last'")
     lam, p = check_positive("lam", lam), check_p(p)
     op = ConvOperator(f, g, boundary)
     op.check_images(y)
@@ -225,12 +231,16 @@ def sparse_code(
         if not (isinstance(beta_inc, (int, float)) and beta_inc >= 1):
             raise ValueError(f"beta_inc must be >= 1, got {beta_inc!r}")
         return _continuation(op, y, z0, lam, p, float(beta0), float(beta_inc),
-                             check_int("n_beta", n_beta), check_int("n_cg", n_cg, 0))
+                             check_int("n_beta", n_beta), check_int("n_cg", n_cg, 0), record)
     if method == "fista":
-        return _fista(op, y, z0, lam, p, max_iter, tol, check_every)
-    from .admm import admm  # noqa: PLC0415  (Fourier machinery only when asked for)
+        res = _fista(op, y, z0, lam, p, max_iter, tol, check_every)
+    else:
+        from .admm import admm  # noqa: PLC0415  (Fourier machinery only when asked for)
 
-    return admm(op, y, z0, lam, p, max_iter, tol, rho, relax, check_every)
+        res = admm(op, y, z0, lam, p, max_iter, tol, rho, relax, check_every)
+    if record == "last":
+        res.history = res.history[-1:]
+    return res
 
 
 def _fista(op: ConvOperator, y, z0, lam, p, max_iter, tol, check_every) -> SparseCode:
@@ -308,38 +318,46 @@ def _fista(op: ConvOperator, y, z0, lam, p, max_iter, tol, check_every) -> Spars
     return SparseCode(z.contiguous(), hist.records(), converged, it, "fista")
 
 
-def _continuation(op: ConvOperator, y, z0, lam, p, beta0, beta_inc, n_beta, n_cg) -> SparseCode:
-    r"""The paper's scheme: x-step by shrinkage, z-step by ``n_cg`` CG iterations per beta."""
+def _continuation(op: ConvOperator, y, z0, lam, p, beta0, beta_inc, n_beta, n_cg, record="all") -> SparseCode:
+    r"""The paper's scheme: x-step by shrinkage, z-step by ``n_cg`` CG iterations per beta.
+
+    The z-step system is divided by ``lam``, :math:`(D^TD + rac{eta}{\lambda} I) z = D^Ty +
+    rac{eta}{\lambda} x`, which leaves the CG iterates unchanged and saves a pass per
+    operator call. Per beta step: ``n_cg`` (synthesis + adjoint) pairs, plus one synthesis of
+    ``x`` for the history record (``record="all"``; with ``record="last"`` only after the
+    last beta, which is what training needs). The CG vectors are updated in place.
+    """
     hist = _History()
     tiny = torch.finfo(y.dtype).tiny
     z = z0.clone(memory_format=op.memory_format)
-    b_data = lam * op.adjoint(y)  # lam D^T y, fixed for the whole solve
-    Dz = op.forward(z)
-    q = lam * op.adjoint(Dz)  # lam D^T D z, kept up to date by linearity
+    b_data = op.adjoint(y)  # D^T y, fixed for the whole solve
+    q = op.adjoint(op.forward(z))  # D^T D z, kept up to date by linearity
     x = z
-    beta = beta0
+    r = torch.empty_like(z)
+    d = torch.empty_like(z)
     for j in range(n_beta):
         beta = beta0 * beta_inc ** j
+        mu = beta / lam
         x = shrink(z, beta, p)
-        # CG on A z = b, A = lam D^T D + beta I, warm-started at z
-        r = b_data + beta * x - q - beta * z
-        d = r
+        # CG on A z = b, A = D^T D + mu I, warm-started at z: r = b - A z = D^T y + mu (x - z) - q
+        torch.sub(x, z, out=r).mul_(mu).add_(b_data).sub_(q)
+        d.copy_(r)
         rs = _bdot(r, r)
         for _ in range(n_cg):
-            Dd = op.forward(d)
-            lAd = lam * op.adjoint(Dd)
-            dAd = _bdot(d, lAd) + beta * _bdot(d, d)
-            alpha = torch.where(dAd > tiny, rs / dAd.clamp_min(tiny), torch.zeros_like(rs))
-            z = z + _bcast(alpha) * d
-            q = q + _bcast(alpha) * lAd
-            r = r - _bcast(alpha) * (lAd + beta * d)
+            Ad = op.adjoint(op.forward(d))  # D^T D d; + mu d below
+            dAd = _bdot(d, Ad) + mu * _bdot(d, d)
+            alpha = _bcast(torch.where(dAd > tiny, rs / dAd.clamp_min(tiny), torch.zeros_like(rs)))
+            z.addcmul_(alpha, d)
+            q.addcmul_(alpha, Ad)
+            r.addcmul_(alpha, Ad.add_(d, alpha=mu), value=-1.0)  # r -= alpha A d
             rs_new = _bdot(r, r)
             ratio = torch.where(rs > tiny, rs_new / rs.clamp_min(tiny), torch.zeros_like(rs))
-            d = r + _bcast(ratio) * d
+            torch.addcmul(r, _bcast(ratio), d, out=d)  # d = r + ratio d
             rs = rs_new
         x_new = shrink(z, beta, p)
         change = (_bsum((x_new - x) ** 2).sqrt() / _bsum(x_new ** 2).sqrt().clamp_min(tiny)).max()
         x = x_new
-        R = op.forward(x) - y
-        hist.add(j + 1, 0.5 * lam * (R * R).sum(), penalty(x, p), change, beta)
+        if record == "all" or j == n_beta - 1:
+            R = op.forward(x) - y
+            hist.add(j + 1, 0.5 * lam * (R * R).sum(), penalty(x, p), change, beta)
     return SparseCode(x, hist.records(), True, n_beta, "continuation")

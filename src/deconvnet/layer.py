@@ -151,10 +151,10 @@ class DeconvLayer:
             batches.extend(groups.values())
         return batches
 
-    def _code(self, y, f, z0=None):
+    def _code(self, y, f, z0=None, record="last"):
         return sparse_code(y, f, lam=self.lam, p=self.p, g=self._g, method=self.method, boundary=self.boundary,
                            z0=z0, max_iter=self.max_iter, tol=self.tol, beta0=self.beta0, beta_inc=self.beta_inc,
-                           n_beta=self.n_beta, n_cg=self.n_cg)
+                           n_beta=self.n_beta, n_cg=self.n_cg, record=record)
 
     def _check_fitted(self):
         if not hasattr(self, "filters_"):

@@ -37,9 +37,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import _malloc
 from ._checks import check_boundary, check_filters, check_same, check_tensor, image_size, map_size
 
-__all__ = ["ConvOperator", "synthesize", "synthesize_adjoint", "filter_gradient", "as_connectivity"]
+__all__ = ["ConvOperator", "MapOperator", "synthesize", "synthesize_adjoint", "filter_gradient", "as_connectivity"]
 
 #: below this fraction of ones in ``g`` the edge-list path is used.
 SPARSE_FRACTION = 0.5
@@ -86,6 +87,8 @@ class ConvOperator:
     def __init__(self, f: torch.Tensor, g=None, boundary: str = "valid"):
         K, C, s = check_filters(f)
         self.boundary = check_boundary(boundary)
+        if f.device.type == "cpu":
+            _malloc.tune()  # once per process; see deconvnet._malloc
         self.K, self.C, self.s = K, C, s
         self.dtype, self.device = f.dtype, f.device
         self.g = as_connectivity(g, K, C, device=f.device)
@@ -242,6 +245,103 @@ class ConvOperator:
     def with_filters(self, f: torch.Tensor) -> "ConvOperator":
         """A new operator with the same connectivity and boundary and other filters."""
         return ConvOperator(f, self.g, self.boundary)
+
+
+#: below this fraction of non-zero map entries :class:`MapOperator` works on the non-zeros.
+SPARSE_MAPS_FRACTION = 0.02
+
+
+class MapOperator:
+    r"""The synthesis seen as a linear map of the *filters* for fixed maps ``z``:
+    :math:`A_z: f \mapsto D_z f = \sum_k g_{kc}\, z_k * f_{kc}`, and its adjoint
+    :math:`A_z^T: r \mapsto G` with :math:`G_{kc}(a, b) = \sum_{b', i, j} z_{b'k}(i, j)\,
+    r_{b'c}(i + a - o, j + b - o)` (``o = s - 1`` for ``"valid"``, indices taken modulo the
+    image size and ``o = 0`` for ``"circular"``). Filter learning (Sec. 3.2) only needs these two.
+
+    Inferred maps are exactly sparse (the paper's layers 2-3 have a few non-zeros per
+    ten thousand entries), so when at most :data:`SPARSE_MAPS_FRACTION` of ``z`` is non-zero
+    both maps are computed from the list of non-zeros: every non-zero ``z_k(i, j) = v`` adds
+    ``v f_kc`` to the ``s x s`` window of ``y_c`` it touches (a scatter-add), and the
+    gradient gathers the same windows of ``r``. The cost is ``O(nnz * s^2 * degree)`` instead
+    of ``O(E H W s^2)``. Otherwise the convolutions of :class:`ConvOperator` are used.
+
+    Args:
+        z: maps ``(B, K, Hz, Wz)``; op: a :class:`ConvOperator` giving connectivity, boundary
+            and filter size (its filter values are not used).
+
+    Shape:
+        - apply: ``(K, C, s, s) -> (B, C, H, W)``; adjoint: ``(B, C, H, W) -> (K, C, s, s)``.
+    """
+
+    def __init__(self, z: torch.Tensor, op: ConvOperator, sparse: bool | None = None):
+        op.check_maps(z)
+        self.z, self.op = z, op
+        B, K, Hz, Wz = z.shape
+        s = op.s
+        self.B, self.K, self.C, self.s = B, K, op.C, s
+        self.H, self.W = image_size(Hz, Wz, s, op.boundary)
+        nz = z.nonzero(as_tuple=True) if sparse is not False else None
+        if sparse is None:
+            sparse = nz[0].numel() <= SPARSE_MAPS_FRACTION * z.numel()
+        self.sparse = bool(sparse)
+        if not self.sparse:
+            return
+        mask = torch.ones(K, op.C, dtype=torch.bool, device=z.device) if op.g is None else op.g
+        k_e, c_e = mask.nonzero(as_tuple=True)  # edges sorted by k, then c
+        degree = mask.sum(1)
+        first = torch.cumsum(degree, 0) - degree  # index of each map's first edge
+        bn, kn, i_n, jn = nz
+        reps = degree[kn]  # one (non-zero, edge) pair per connection of its map
+        src = torch.repeat_interleave(torch.arange(kn.numel(), device=z.device), reps)
+        within = torch.arange(src.numel(), device=z.device) - torch.repeat_interleave(torch.cumsum(reps, 0) - reps, reps)
+        self.edge = first[kn[src]] + within  # (N,) edge of every pair
+        self.values = z[bn, kn, i_n, jn][src]  # (N,)
+        self.k_e, self.c_e, self.E = k_e, c_e, int(k_e.numel())
+        c = c_e[self.edge]
+        a = torch.arange(s, device=z.device)
+        rows = i_n[src][:, None] + a  # (N, s): full-convolution rows i + a
+        cols = jn[src][:, None] + a
+        if op.boundary == "valid":  # a buffer of the full convolution, (B, C, Hz+s-1, Wz+s-1)
+            self.Hf, self.Wf = Hz + s - 1, Wz + s - 1
+        else:  # rows wrap modulo H
+            self.Hf, self.Wf = self.H, self.W
+            rows, cols = rows % self.H, cols % self.W
+        plane = (bn[src] * self.C + c) * self.Hf  # (N,)
+        self.index = (((plane[:, None] + rows)[:, :, None]) * self.Wf + cols[:, None, :]).reshape(-1)  # (N*s*s,)
+
+    def _full(self, r: torch.Tensor) -> torch.Tensor:
+        """``r`` placed in the full-convolution buffer (valid) or as it is (circular)."""
+        if self.op.boundary == "circular":
+            return r.contiguous()
+        o = self.s - 1
+        return F.pad(r, (o, o, o, o))
+
+    def apply(self, f: torch.Tensor) -> torch.Tensor:
+        """``D_z f``: ``(K, C, s, s) -> (B, C, H, W)``."""
+        if not self.sparse:
+            return self.op.with_filters(f).forward(self.z)
+        s = self.s
+        fe = f[self.k_e, self.c_e].reshape(self.E, s * s)  # (E, s*s)
+        vals = (self.values[:, None] * fe[self.edge]).reshape(-1)
+        full = torch.zeros(self.B * self.C * self.Hf * self.Wf, dtype=f.dtype, device=f.device)
+        full.index_add_(0, self.index, vals)
+        full = full.view(self.B, self.C, self.Hf, self.Wf)
+        if self.op.boundary == "circular":
+            return full
+        o = s - 1
+        return full[:, :, o:o + self.H, o:o + self.W]
+
+    def adjoint(self, r: torch.Tensor) -> torch.Tensor:
+        """``G(z, r)``: ``(B, C, H, W) -> (K, C, s, s)``, zero where ``g`` is zero."""
+        if not self.sparse:
+            return self.op.filter_gradient(self.z, r)
+        s = self.s
+        windows = self._full(r).reshape(-1)[self.index].view(-1, s * s)  # (N, s*s)
+        G_e = torch.zeros(self.E, s * s, dtype=r.dtype, device=r.device)
+        G_e.index_add_(0, self.edge, windows * self.values[:, None])
+        G = torch.zeros(self.K, self.C, s, s, dtype=r.dtype, device=r.device)
+        G[self.k_e, self.c_e] = G_e.view(self.E, s, s)
+        return G
 
 
 def _fold_wrap(w: torch.Tensor, p: int) -> torch.Tensor:
