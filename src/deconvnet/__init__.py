@@ -28,7 +28,8 @@ from .config import ConfigError, LayerConfig, NetConfig, apply_overrides, preset
 from .connectivity import connectivity
 from .filters import init_filters, normalize_planes, update_filters
 from .inference import IterationRecord, Objective, SparseCode, objective, sparse_code
-from .layer import DeconvLayer, EpochRecord
+from .checkpoint import CheckpointError
+from .layer import DeconvLayer, DivergenceError, EpochRecord
 from .model_io import ModelFileError
 from .network import DeconvNet, snr_db
 from .ops import ConvOperator, filter_gradient, synthesize, synthesize_adjoint
@@ -46,6 +47,8 @@ __all__ = [
     "snr_db",
     "ConvOperator",
     "DeconvLayer",
+    "DivergenceError",
+    "CheckpointError",
     "EpochRecord",
     "IterationRecord",
     "Objective",

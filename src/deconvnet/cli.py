@@ -2,7 +2,8 @@
 
 Commands (``deconvnet COMMAND --help`` for each):
 
-- ``train IMAGES_DIR --preset zeiler2010 --layers 3 --out RUN_DIR [--set KEY=VALUE ...]``
+- ``train IMAGES_DIR --preset zeiler2010 --layers 3 --out RUN_DIR [--set KEY=VALUE ...]``;
+  ``train --resume RUN_DIR`` continues an interrupted run from its checkpoint
 - ``infer MODEL IMAGE... [--layer L] --out DIR``: maps as ``.npy`` plus a PNG per image and layer
 - ``project MODEL --out DIR``: a PNG grid of pixel-space filters per layer
 - ``reconstruct MODEL IMAGE --layer L --out FILE``: a PNG of the reconstruction; prints its SNR
@@ -117,15 +118,22 @@ def _config(args):
 
 
 def train_run(images_dir, out, cfg, *, device="cpu", progress=True, report=True, preset_name=None,
-              command=None, say=print):
-    """Train ``cfg`` on the usable images of ``images_dir`` and fill the run folder ``out``."""
+              command=None, say=print, checkpoint_every: float = 120.0):
+    """Train ``cfg`` on the usable images of ``images_dir`` and fill the run folder ``out``.
+
+    ``config.json`` and ``run.json`` (the image list) are written before training starts and
+    the resumable state goes to ``out/checkpoint`` (see :mod:`deconvnet.checkpoint`), so an
+    interrupted run continues with :func:`resume_run`.
+    """
     from ._files import atomic_write_text  # noqa: PLC0415
     from .model_io import software_versions  # noqa: PLC0415
-    from .network import DeconvNet  # noqa: PLC0415
 
     folder, out = Path(images_dir), Path(out)
     if (out / "model.json").exists():
         raise UserError(f"{out} already holds a trained model; choose another --out (or delete it)")
+    if (out / "checkpoint").exists():
+        raise UserError(f"{out} holds an unfinished run; continue it with `deconvnet train --resume {out}` "
+                        "(or choose another --out)")
     min_side = cfg.layers[0].filter_size + (4 if cfg.preprocess == "toolbox2010" else 0)
     images, used, skipped = _usable_images(folder, cfg.color, min_side)
     for p, why in skipped:
@@ -137,19 +145,82 @@ def train_run(images_dir, out, cfg, *, device="cpu", progress=True, report=True,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{out}: cannot create the run folder ({err.strerror or err})") from None
+    info = {"status": "training", "images": str(folder.resolve()), "n_images": len(used),
+            "files": [str(p.resolve()) for p in used], "skipped": [[str(p), why] for p, why in skipped],
+            "device": str(device), "preset": preset_name, "command": command, "versions": software_versions()}
+    atomic_write_text(out / "config.json", cfg.to_json() + "\n")
+    atomic_write_text(out / "run.json", json.dumps(info, indent=2))
     say(f"training {len(cfg.layers)} layer(s) on {len(images)} image(s) from {folder} on {device}")
+    return _train(out, cfg, images, info, device=device, progress=progress, report=report, say=say,
+                  checkpoint_every=checkpoint_every)
+
+
+def resume_run(out, *, device=None, progress=True, report=True, say=print, checkpoint_every: float = 120.0):
+    """Continue the interrupted run in ``out`` from its checkpoint: same configuration, same
+    images (read again from the files ``run.json`` lists)."""
+    from .config import ConfigError, NetConfig  # noqa: PLC0415
+    from .preprocess import load_image  # noqa: PLC0415
+
+    out = Path(out)
+    if not out.is_dir():
+        raise UserError(f"--resume {out}: no such run folder")
+    try:
+        cfg = NetConfig.from_dict(json.loads((out / "config.json").read_text()))
+        info = json.loads((out / "run.json").read_text())
+        files = [Path(f) for f in info["files"]]
+        complete = info.get("status") == "complete" and (out / "model.json").exists()
+    except FileNotFoundError as err:
+        raise UserError(f"--resume {out}: {Path(err.filename).name} is missing; this is not a run folder "
+                        "started by `deconvnet train`") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as err:
+        raise UserError(f"--resume {out}: its config.json or run.json is damaged ({err})") from None
+    if complete:  # stopped while tidying up: finish that
+        from .checkpoint import Checkpoint  # noqa: PLC0415
+
+        Checkpoint(out / "checkpoint").remove()
+        if report and not (out / "report.html").exists():
+            from .report import write_report  # noqa: PLC0415
+
+            say(f"report: {write_report(out)}")
+        say(f"{out}: this run is already complete; model in {out / 'model.safetensors'}")
+        return None
+    if not (out / "checkpoint" / "state.safetensors").exists():
+        say(f"{out}: no checkpoint yet; starting the training from the beginning")
+    images = []
+    for p in files:
+        try:
+            images.append(load_image(p, cfg.color))
+        except Exception as err:  # the run needs exactly these images
+            raise UserError(f"--resume {out}: training image {p} cannot be read any more "
+                            f"({type(err).__name__}: {str(err)[:80]})") from None
+    device = device or info.get("device", "cpu")
+    say(f"resuming {out}: {len(cfg.layers)} layer(s) on {len(images)} image(s) on {device}")
+    return _train(out, cfg, images, info, device=device, progress=progress, report=report, say=say,
+                  checkpoint_every=checkpoint_every)
+
+
+def _train(out: Path, cfg, images, info, *, device, progress, report, say, checkpoint_every):
+    from ._files import atomic_write_text  # noqa: PLC0415
+    from .checkpoint import Checkpoint, CheckpointError  # noqa: PLC0415
+    from .network import DeconvNet  # noqa: PLC0415
+
     net = DeconvNet(cfg, device=device, progress=progress)
     t0 = time.perf_counter()
-    net.fit([np.moveaxis(im, 0, -1) if im.shape[0] == 3 else im[0] for im in images])
+    try:
+        net.fit([np.moveaxis(im, 0, -1) if im.shape[0] == 3 else im[0] for im in images],
+                checkpoint=out / "checkpoint", checkpoint_every=checkpoint_every)
+    except CheckpointError as err:
+        raise UserError(str(err)) from None
+    except KeyboardInterrupt:
+        say(f"interrupted; continue with `deconvnet train --resume {out}`")
+        raise
     seconds = time.perf_counter() - t0
-    net.save(out)
+    net.save(out)  # then the files that say the run is complete, then the checkpoint goes
     history = [[vars(r) for r in records] for records in net.history_]
     atomic_write_text(out / "history.json", json.dumps({"layers": history, "seconds": net.seconds_}, indent=2))
-    info = {"images": str(folder.resolve()), "n_images": len(used), "files": [str(p.resolve()) for p in used],
-            "skipped": [[str(p), why] for p, why in skipped], "device": str(device), "preset": preset_name,
-            "command": command, "seconds": seconds, "versions": software_versions()}
+    info = dict(info, status="complete", seconds=seconds)
     atomic_write_text(out / "run.json", json.dumps(info, indent=2))
-    atomic_write_text(out / "config.json", cfg.to_json() + "\n")
+    Checkpoint(out / "checkpoint").remove()
     say(f"trained in {seconds:.1f} s (" + ", ".join(f"layer {i}: {s:.1f} s" for i, s in enumerate(net.seconds_, 1))
         + f"); model in {out / 'model.safetensors'}")
     if report:
@@ -162,11 +233,22 @@ def train_run(images_dir, out, cfg, *, device="cpu", progress=True, report=True,
 
 # ------------------------------------------------------------------ commands
 def cmd_train(args) -> int:
+    if args.checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every {args.checkpoint_every}: must be a number of seconds >= 0")
+    if args.resume:
+        if args.images or args.config or args.set or args.out:
+            raise UserError("--resume RUN_DIR takes the images and settings from RUN_DIR; give no IMAGES_DIR, "
+                            "--config, --set or --out with it")
+        resume_run(args.resume, device=_device(args.device) if args.device else None, progress=not args.quiet,
+                   report=not args.no_report, checkpoint_every=args.checkpoint_every)
+        return 0
+    if not args.images:
+        raise UserError("train needs IMAGES_DIR (or --resume RUN_DIR)")
     cfg = _config(args)
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.images).resolve().name}-{args.preset}"
-    train_run(args.images, out, cfg, device=_device(args.device), progress=not args.quiet,
+    train_run(args.images, out, cfg, device=_device(args.device or "cpu"), progress=not args.quiet,
               report=not args.no_report, preset_name=None if args.config else args.preset,
-              command=" ".join(["deconvnet", *sys.argv[1:]]))
+              command=" ".join(["deconvnet", *sys.argv[1:]]), checkpoint_every=args.checkpoint_every)
     return 0
 
 
@@ -300,7 +382,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="where to compute (auto: cuda when available)")
 
     p = sub.add_parser("train", help="train a network on a folder of images")
-    p.add_argument("images", metavar="IMAGES_DIR")
+    p.add_argument("images", metavar="IMAGES_DIR", nargs="?")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS",
+                   help="seconds between checkpoints within an epoch (default 120; every epoch end "
+                        "writes one too)")
     p.add_argument("--preset", default="zeiler2010", choices=sorted(PRESETS))
     p.add_argument("--layers", type=int, default=3, help="number of layers (default 3)")
     p.add_argument("--config", metavar="FILE", help="a JSON configuration (as RUN_DIR/config.json) instead of a preset")
@@ -313,7 +399,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/IMAGES_DIR-PRESET)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    device(p)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=None,
+                   help="where to compute (default cpu; with --resume, the run's device)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("infer", help="feature maps of images (.npy and .png)")
@@ -367,7 +454,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("deconvnet: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, RuntimeError, OSError) as err:
+    except (UserError, ValueError, RuntimeError, OSError, ArithmeticError) as err:
         msg = str(err) if not isinstance(err, OSError) or not err.filename else \
             f"{err.filename}: {err.strerror or err}"
         print(f"deconvnet: error: {msg}", file=sys.stderr)

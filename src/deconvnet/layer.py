@@ -22,7 +22,17 @@ from .inference import METHODS, sparse_code
 from .mapstore import DEFAULT_MEMORY_LIMIT, MapStore
 from .ops import as_connectivity, synthesize
 
-__all__ = ["DeconvLayer", "EpochRecord"]
+__all__ = ["DeconvLayer", "EpochRecord", "DivergenceError"]
+
+
+class DivergenceError(FloatingPointError):
+    """Maps or filters became NaN or Inf while training; ``images`` are the indices of the
+    batch being processed, ``epoch`` the epoch, ``what`` what diverged."""
+
+    def __init__(self, images, epoch: int, what: str):
+        self.images, self.epoch, self.what = list(images), epoch, what
+        super().__init__(f"{what} became NaN or Inf at epoch {epoch} on image(s) {self.images} (the solve "
+                         "diverged; try a smaller lam or another method)")
 
 
 @dataclass(frozen=True)
@@ -161,8 +171,14 @@ class DeconvLayer:
             raise RuntimeError("this DeconvLayer is not fitted yet: call fit(images) first")
 
     # -------------------------------------------------------------------- API
-    def fit(self, images) -> "DeconvLayer":
-        """Learn ``filters_`` from images ``(N, C, H, W)`` or a list of ``(C, H, W)``."""
+    def fit(self, images, *, checkpoint=None, layer_index: int = 1) -> "DeconvLayer":
+        """Learn ``filters_`` from images ``(N, C, H, W)`` or a list of ``(C, H, W)``.
+
+        ``checkpoint``: a :class:`~deconvnet.checkpoint.Checkpoint` (as
+        :meth:`DeconvNet.fit <deconvnet.DeconvNet.fit>` passes it); the training state is
+        written to it as it goes, and a state it holds for layer ``layer_index`` is resumed.
+        Raises :class:`DivergenceError` when maps or filters become NaN or Inf.
+        """
         X = self._images(images)
         f = init_filters(self.n_maps, self.in_channels, self.filter_size, self._g, seed=self.seed,
                          dtype=self.dtype, device=self.device)
@@ -173,39 +189,90 @@ class DeconvLayer:
                     for (_, _, h, w) in shapes)
         maps = MapStore(len(X), total, self.map_memory_limit, device=self.device, dtype=self.dtype)
         self.history_ = []
+        # the position in training: epoch, batches done in it, its image order, running sums
+        start, pos, order, sums, versions, spent = 1, 0, None, [0.0, 0.0, 0.0, 0, 0], [0] * len(X), [0.0, 0.0]
+        ck = checkpoint
+        cur = ck.state.get("current") if ck is not None else None
+        if cur is not None and cur.get("layer") == layer_index:
+            f = ck.tensors["current.filters"].to(device=self.device, dtype=self.dtype)
+            gen.set_state(ck.tensors["current.rng"])
+            start, pos, order, sums = cur["epoch"], cur["pos"], cur["order"], list(cur["sums"])
+            spent = list(cur["seconds"])
+            self.history_ = [EpochRecord(**r) for r in cur["history"]]
+            versions = list(ck.state["maps"][str(layer_index)])
+            for i, e in enumerate(versions):
+                if e:
+                    maps.set(i, ck.load_map(layer_index, i, e, self.device, self.dtype))
+
+        def save_state(epoch, force):
+            ck.state["current"] = {"layer": layer_index, "epoch": epoch, "pos": pos, "order": order, "sums": sums,
+                                   "seconds": [spent[0] + time.perf_counter() - t_layer,
+                                               spent[1] + time.perf_counter() - t0],
+                                   "history": ck.records(self.history_)}
+            ck.state.setdefault("maps", {})[str(layer_index)] = versions
+            ck.tensors["current.filters"] = f
+            ck.tensors["current.rng"] = gen.get_state()
+            return ck.write(force=force)
+
+        t_layer = time.perf_counter()
         bar = None
         if self.progress:
             from tqdm.auto import tqdm  # noqa: PLC0415
 
-            bar = tqdm(total=self.n_epochs * len(X), desc=getattr(self, "_progress_desc", "layer"), unit="img")
-        for epoch in range(1, self.n_epochs + 1):
+            bar = tqdm(total=self.n_epochs * len(X), desc=getattr(self, "_progress_desc", "layer"), unit="img",
+                       initial=(start - 1) * len(X))
+        for epoch in range(start, self.n_epochs + 1):
             t0 = time.perf_counter()
-            order = torch.randperm(len(X), generator=gen).tolist()
-            tot = dat = pen = 0.0
-            nnz = count = done = 0
-            for idx in self._batches(order, shapes):
+            if order is None:
+                order = torch.randperm(len(X), generator=gen).tolist()
+                pos, sums, spent[1] = 0, [0.0, 0.0, 0.0, 0, 0], 0.0
+            batches = self._batches(order, shapes)
+            done = sum(len(b) for b in batches[:pos])
+            if bar is not None and done:
+                bar.update(done)
+            for idx in batches[pos:]:
                 y = torch.cat([X[i] for i in idx])
                 warm = [maps.get(i) for i in idx]
                 z0 = torch.cat(warm) if all(w is not None for w in warm) else None
                 res = self._code(y, f, z0)
-                for j, i in enumerate(idx):
-                    maps.set(i, res.z[j:j + 1])
+                if not bool(torch.isfinite(res.z).all()):
+                    raise DivergenceError(idx, epoch, "the feature maps")
                 last = res.history[-1]
-                tot, dat, pen = tot + last.objective, dat + last.data, pen + last.penalty
-                nnz += int((res.z != 0).sum())
-                count += res.z.numel()
+                sums[0] += last.objective
+                sums[1] += last.data
+                sums[2] += last.penalty
+                sums[3] += int((res.z != 0).sum())
+                sums[4] += res.z.numel()
                 f = update_filters(y, res.z, f, lam=self.lam, g=self._g, boundary=self.boundary,
                                    method=self.filter_method, n_iter=self.filter_iters)
+                if not bool(torch.isfinite(f).all()):
+                    raise DivergenceError(idx, epoch, "the filters")
+                for j, i in enumerate(idx):
+                    maps.set(i, res.z[j:j + 1])
+                    if ck is not None:
+                        ck.save_map(layer_index, i, epoch, res.z[j:j + 1])
+                        versions[i] = epoch
+                pos += 1
+                if ck is not None:
+                    save_state(epoch, force=False)
                 if bar is not None:
                     done += len(idx)
                     bar.update(len(idx))
                     bar.set_postfix_str(f"epoch {epoch}/{self.n_epochs}, image {done}/{len(X)}, "
-                                        f"objective {tot:.4g} (epoch sum so far)")
-            self.history_.append(EpochRecord(epoch, tot, dat, pen, nnz / max(count, 1), time.perf_counter() - t0))
+                                        f"objective {sums[0]:.4g} (epoch sum so far)")
+            tot, dat, pen, nnz, count = sums
+            self.history_.append(EpochRecord(epoch, tot, dat, pen, nnz / max(count, 1),
+                                             spent[1] + time.perf_counter() - t0))
+            order, pos = None, 0
+            if ck is not None:
+                t0 = time.perf_counter()
+                spent[1] = 0.0
+                save_state(epoch + 1, force=True)
         if bar is not None:
             bar.close()
         self.filters_ = f
         self.maps_ = maps
+        self.seconds_ = spent[0] + time.perf_counter() - t_layer
         nz, pixels = 0, 0
         for m in maps:  # one image at a time: the store may be on disk
             nz = nz + (m[0] != 0).sum(dim=(1, 2)).double()

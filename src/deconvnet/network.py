@@ -30,7 +30,6 @@ Pixel-space views (Sec. 6 of paper-notes; toolbox ``Top_Down/``):
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 
 from .config import NetConfig, preset
 from .connectivity import connectivity
-from .layer import DeconvLayer
+from .layer import DeconvLayer, DivergenceError, EpochRecord
 from .ops import synthesize
 from .preprocess import load_image, preprocess, rescale_affine, resize_max_side, to_chw
 
@@ -178,28 +177,97 @@ class DeconvNet:
         return [torch.as_tensor(x * a + b, dtype=self.dtype, device=self.device)[None] for x in out]
 
     # ------------------------------------------------------------- training
-    def fit(self, images) -> "DeconvNet":
-        """Train every layer in turn on ``images`` (see :meth:`prepare` for what is accepted)."""
+    def fit(self, images, *, checkpoint=None, checkpoint_every: float = 120.0) -> "DeconvNet":
+        """Train every layer in turn on ``images`` (see :meth:`prepare` for what is accepted).
+
+        ``checkpoint``: a folder for the resumable training state (see
+        :mod:`deconvnet.checkpoint`), written at every epoch end, every ``checkpoint_every``
+        seconds within an epoch and at every layer end. When the folder already holds the
+        state of a run with the same configuration and images, training continues from it
+        and ends with the filters the uninterrupted run would have had; a state of another
+        run raises :class:`~deconvnet.checkpoint.CheckpointError`.
+
+        Raises :class:`~deconvnet.layer.DivergenceError` naming the layer and the image when
+        maps or filters become NaN or Inf.
+        """
+        from .checkpoint import Checkpoint, fingerprint  # noqa: PLC0415
+
         Y = self.prepare(images, fit_affine=True)
+        ck = None
+        if checkpoint is not None:
+            ck = Checkpoint(checkpoint, checkpoint_every)
+            fp = fingerprint(self.config.to_json() + repr(self.input_affine_), Y)
+            if not ck.load(fp):
+                ck.state = {"fingerprint": fp, "finished": [], "maps": {}}
+        finished = ck.state["finished"] if ck is not None else []
         tables = self._tables()
         self.layers_, self.chain_affines_, self.history_, self.seconds_ = [], [], [], []
         self.connectivity_seeds_ = [self.config.seed + i + 1 for i in range(self.n_layers)]
         C = self.config.in_channels
         for i in range(self.n_layers):
-            t0 = time.perf_counter()
             layer = self._make_layer(i, C, tables[i])
             layer._progress_desc = f"layer {i + 1}/{self.n_layers}"
-            layer.fit([y[0] for y in Y])
+            if i < len(finished):  # done in an earlier session: restore it
+                rec = finished[i]
+                layer.filters_ = ck.tensors[f"layer{i + 1}.filters"].to(device=self.device, dtype=self.dtype)
+                layer.history_ = [EpochRecord(**r) for r in rec["history"]]
+                layer.map_activity_ = np.asarray(rec["map_activity"], dtype=np.float64)
+                layer.seconds_ = rec["seconds"]
+                layer.maps_ = None
+                if i + 1 < self.n_layers:
+                    a, b = rec["chain_affine"]
+                    if i + 1 == len(finished):  # the next layer trains on this one's last maps
+                        Y = [ck.load_map(i + 1, j, layer.n_epochs, self.device, self.dtype) * a + b
+                             for j in range(len(Y))]
+            else:
+                try:
+                    layer.fit([y[0] for y in Y], checkpoint=ck, layer_index=i + 1)
+                except DivergenceError as err:
+                    names = self._names(images, len(Y))
+                    which = ", ".join(names[j] for j in err.images)
+                    raise DivergenceError(err.images, err.epoch, f"layer {i + 1}: {which}: {err.what}") from None
+                a, b = (1.0, 0.0)
+                if i + 1 < self.n_layers:
+                    a, b = rescale_affine(layer.maps_, self.config.scaling) if self.config.chain else (1.0, 0.0)
+                    Y = [m * a + b for m in layer.maps_]
+                if ck is not None:
+                    self._checkpoint_layer(ck, i, layer, (a, b))
+                layer.maps_ = None  # the next layer holds what it needs; free the memory
+            if i + 1 < self.n_layers:
+                self.chain_affines_.append((a, b))
             self.layers_.append(layer)
             self.history_.append(list(layer.history_))
-            if i + 1 < self.n_layers:
-                a, b = rescale_affine(layer.maps_, self.config.scaling) if self.config.chain else (1.0, 0.0)
-                self.chain_affines_.append((a, b))
-                Y = [m * a + b for m in layer.maps_]
-            layer.maps_ = None  # the next layer holds what it needs; free the memory
-            self.seconds_.append(time.perf_counter() - t0)
+            self.seconds_.append(layer.seconds_)
             C = layer.n_maps
         return self
+
+    @staticmethod
+    def _names(images, n: int) -> list[str]:
+        """How errors name the ``n`` training images: file names, or ``image i``."""
+        if isinstance(images, (str, Path)) and Path(images).is_dir():
+            from .preprocess import list_images  # noqa: PLC0415
+
+            return [p.name for p in list_images(images)]
+        if isinstance(images, (str, Path)):
+            return [Path(images).name]
+        if isinstance(images, (list, tuple)) and len(images) == n:
+            return [Path(im).name if isinstance(im, (str, Path)) else f"image {j}" for j, im in enumerate(images)]
+        return [f"image {j}" for j in range(n)]
+
+    def _checkpoint_layer(self, ck, i: int, layer: DeconvLayer, chain_affine) -> None:
+        """Record layer ``i`` as finished: its filters and summary replace its running state;
+        its maps stay while the next layer needs them, the maps of the layer below go."""
+        ck.state["finished"].append({"history": ck.records(layer.history_), "seconds": layer.seconds_,
+                                     "map_activity": [float(v) for v in layer.map_activity_],
+                                     "chain_affine": [float(chain_affine[0]), float(chain_affine[1])]})
+        ck.tensors[f"layer{i + 1}.filters"] = layer.filters_
+        ck.state.pop("current", None)
+        ck.tensors.pop("current.filters", None)
+        ck.tensors.pop("current.rng", None)
+        ck.state["maps"].pop(str(i), None)  # layer i's maps (1-based i) were layer i+1's inputs
+        if i + 1 == self.n_layers:
+            ck.state["maps"].pop(str(i + 1), None)
+        ck.write(force=True)
 
     # ------------------------------------------------------------ inference
     def _infer_prepared(self, Y: list[torch.Tensor], upto: int) -> list[list[torch.Tensor]]:
@@ -284,6 +352,9 @@ class DeconvNet:
         from .model_io import save_model  # noqa: PLC0415
 
         self._check_fitted()
+        for i, lay in enumerate(self.layers_, start=1):
+            if not bool(torch.isfinite(lay.filters_).all()):
+                raise ValueError(f"layer {i}: the filters contain NaN or Inf; not saving this model")
         return save_model(self, path)
 
     @classmethod

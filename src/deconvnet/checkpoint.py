@@ -1,0 +1,183 @@
+"""Resumable training: the state of :meth:`DeconvNet.fit` in a folder, written atomically.
+
+A checkpoint folder holds
+
+``state.safetensors``
+    the tensors (the filters of every finished layer, the current layer's filters, the
+    state of its random generator) and, in the header metadata, a JSON document: the
+    fingerprint of the run (configuration and a SHA-256 of the prepared inputs), the
+    finished layers (history, timings, chaining affines, map activity) and the position in
+    the current layer (epoch, batches done, the epoch's image order, running sums, which
+    saved maps are current). One file, written to a temporary name, flushed and renamed: a
+    ``kill -9`` at any moment leaves the previous state or the new one, never a mix.
+``maps/L{l}/{i}.e{epoch}.npy``
+    the warm-start maps of image ``i`` at layer ``l`` after ``epoch`` (each written to a
+    temporary name and renamed). The state names the current version of every image's
+    maps; a new state is written only after the maps it names, and the versions it does not
+    name are deleted afterwards (and on resume, where they are newer than the state).
+
+State is written after the batch in which ``every`` seconds have passed since the last
+write, at the end of every epoch and at the end of every layer. Training resumed from a
+state continues with exactly the numbers an uninterrupted run would have had at that point
+(filters, maps, image order, generator), so on the same device and thread count it ends
+with the same filters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._files import atomic_write_bytes
+
+__all__ = ["Checkpoint", "CheckpointError", "fingerprint"]
+
+FORMAT = "deconvnet-checkpoint"
+FORMAT_VERSION = 1
+STATE = "state.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable or belongs to another run."""
+
+
+def fingerprint(config_json: str, inputs: list[torch.Tensor]) -> str:
+    """SHA-256 of the configuration and of the prepared layer-1 inputs (shapes and values)."""
+    h = hashlib.sha256(config_json.encode("utf-8"))
+    for x in inputs:
+        h.update(repr(tuple(x.shape)).encode())
+        h.update(x.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _save_npy(path: Path, z: torch.Tensor) -> None:
+    """Temporary file + rename (no fsync: :meth:`Checkpoint.write` syncs before a state names it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, z.detach().to("cpu").contiguous().numpy(), allow_pickle=False)
+    os.replace(tmp, path)
+
+
+class Checkpoint:
+    """The checkpoint folder of one training run.
+
+    Args:
+        folder: where the state and the maps go (created when first written).
+        every: seconds between state writes inside an epoch (epoch and layer ends always
+            write one); 0 writes after every batch.
+    """
+
+    def __init__(self, folder, every: float = 120.0):
+        if isinstance(every, bool) or not isinstance(every, (int, float)) or not every >= 0:
+            raise ValueError(f"checkpoint_every={every!r} must be a number of seconds >= 0")
+        self.folder = Path(folder)
+        self.every = float(every)
+        self.state: dict = {}
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._last_write = time.monotonic()
+
+    # ----------------------------------------------------------------- files
+    @property
+    def path(self) -> Path:
+        return self.folder / STATE
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def _maps_dir(self, layer: int) -> Path:
+        return self.folder / "maps" / f"L{layer}"
+
+    def map_path(self, layer: int, i: int, epoch: int) -> Path:
+        return self._maps_dir(layer) / f"{i}.e{epoch}.npy"
+
+    def save_map(self, layer: int, i: int, epoch: int, z: torch.Tensor) -> None:
+        """Write the maps of image ``i`` after ``epoch`` (not yet named by any state)."""
+        d = self._maps_dir(layer)
+        d.mkdir(parents=True, exist_ok=True)
+        _save_npy(self.map_path(layer, i, epoch), z)
+
+    def load_map(self, layer: int, i: int, epoch: int, device, dtype) -> torch.Tensor:
+        path = self.map_path(layer, i, epoch)
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: the checkpoint's maps cannot be read ({err})") from None
+        return torch.from_numpy(a).to(device=device, dtype=dtype)
+
+    # ----------------------------------------------------------------- state
+    def load(self, fp: str) -> bool:
+        """Read the state if there is one; ``False`` when there is none. Raises
+        :class:`CheckpointError` when it is unreadable or its fingerprint is not ``fp``."""
+        if not self.exists():
+            return False
+        from safetensors import safe_open  # noqa: PLC0415
+
+        try:
+            with safe_open(str(self.path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+            state = json.loads(meta.get("state", "null"))
+        except Exception as err:  # safetensors raises several types for damaged files
+            raise CheckpointError(f"{self.path}: unreadable checkpoint ({type(err).__name__}: {err})") from None
+        if meta.get("format") != FORMAT or not isinstance(state, dict):
+            raise CheckpointError(f"{self.path}: not a deconvnet checkpoint")
+        if meta.get("format_version") != str(FORMAT_VERSION):
+            raise CheckpointError(f"{self.path}: checkpoint format {meta.get('format_version')!r}; "
+                                  f"this deconvnet reads format {FORMAT_VERSION}")
+        if state.get("fingerprint") != fp:
+            raise CheckpointError(f"{self.folder}: this checkpoint belongs to another run (its configuration or "
+                                  "its images differ from the ones given)")
+        self.state, self.tensors = state, tensors
+        self._prune()
+        return True
+
+    def write(self, force: bool = True) -> bool:
+        """Write the state when ``force`` or ``every`` seconds have passed; returns whether it did."""
+        if not force and time.monotonic() - self._last_write < self.every:
+            return False
+        for name, t in self.tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise FloatingPointError(f"not writing a checkpoint: {name} contains NaN or Inf")
+        from safetensors.torch import save  # noqa: PLC0415
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if hasattr(os, "sync"):
+            os.sync()  # the map files the state names reach the disk before the state does
+        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "state": json.dumps(self.state)}
+        blob = save({k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}, metadata=meta)
+        atomic_write_bytes(self.path, blob)
+        self._last_write = time.monotonic()
+        self._prune()
+        return True
+
+    def _prune(self) -> None:
+        """Delete map files no state names (older versions, or newer ones from after a crash)."""
+        keep = set()
+        for layer, versions in self.state.get("maps", {}).items():
+            for i, epoch in enumerate(versions):
+                if epoch:
+                    keep.add(self.map_path(int(layer), i, int(epoch)))
+        root = self.folder / "maps"
+        if not root.is_dir():
+            return
+        for d in root.iterdir():
+            for p in d.iterdir():
+                if p not in keep:
+                    p.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        """Delete the whole checkpoint folder (after the model is saved)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    # ------------------------------------------------------------- helpers
+    @staticmethod
+    def records(history) -> list[dict]:
+        return [asdict(r) for r in history]
