@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,7 +39,7 @@ import torch
 
 from ._files import atomic_write_bytes
 
-__all__ = ["Checkpoint", "CheckpointError", "fingerprint"]
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointMaps", "fingerprint"]
 
 FORMAT = "deconvnet-checkpoint"
 FORMAT_VERSION = 1
@@ -177,7 +178,44 @@ class Checkpoint:
         """Delete the whole checkpoint folder (after the model is saved)."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
+    def map_store(self, layer: int, versions: list[int], device, dtype) -> "CheckpointMaps":
+        """The warm-start maps of ``layer`` read straight from the checkpoint's files (used
+        instead of a second copy on disk when the maps do not fit in memory)."""
+        return CheckpointMaps(self, layer, versions, device, dtype)
+
     # ------------------------------------------------------------- helpers
     @staticmethod
     def records(history) -> list[dict]:
         return [asdict(r) for r in history]
+
+
+class CheckpointMaps(Sequence):
+    """A read-only list of ``(1, K, H', W')`` maps backed by the checkpoint's map files;
+    ``versions[i]`` (shared with the training loop) names the current file of image ``i``.
+    Quacks like :class:`~deconvnet.mapstore.MapStore`; :meth:`set` is a no-op because the
+    training loop has written the file already."""
+
+    on_disk = True
+
+    def __init__(self, ck: Checkpoint, layer: int, versions: list[int], device, dtype):
+        self.ck, self.layer, self.versions = ck, layer, versions
+        self.device, self.dtype = torch.device(device), dtype
+
+    def set(self, i: int, z: torch.Tensor) -> None:
+        if not self.versions[i]:
+            raise RuntimeError(f"maps of image {i} were not written to the checkpoint")
+
+    def get(self, i: int) -> torch.Tensor | None:
+        e = self.versions[i]
+        return self.ck.load_map(self.layer, i, e, self.device, self.dtype) if e else None
+
+    def __len__(self) -> int:
+        return len(self.versions)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.get(j) for j in range(len(self))[i]]
+        return self.get(i)
+
+    def close(self) -> None:
+        """Nothing to do: the checkpoint owns the files."""

@@ -200,9 +200,13 @@ class DeconvLayer:
             spent = list(cur["seconds"])
             self.history_ = [EpochRecord(**r) for r in cur["history"]]
             versions = list(ck.state["maps"][str(layer_index)])
-            for i, e in enumerate(versions):
-                if e:
-                    maps.set(i, ck.load_map(layer_index, i, e, self.device, self.dtype))
+            if not maps.on_disk:
+                for i, e in enumerate(versions):
+                    if e:
+                        maps.set(i, ck.load_map(layer_index, i, e, self.device, self.dtype))
+        if ck is not None and maps.on_disk:  # one copy on disk: the checkpoint's
+            maps.close()
+            maps = ck.map_store(layer_index, versions, self.device, self.dtype)
 
         def save_state(epoch, force):
             ck.state["current"] = {"layer": layer_index, "epoch": epoch, "pos": pos, "order": order, "sums": sums,
@@ -248,10 +252,11 @@ class DeconvLayer:
                 if not bool(torch.isfinite(f).all()):
                     raise DivergenceError(idx, epoch, "the filters")
                 for j, i in enumerate(idx):
-                    maps.set(i, res.z[j:j + 1])
+                    zj = res.z[j:j + 1].contiguous()  # one layout, whether kept, saved or reloaded
                     if ck is not None:
-                        ck.save_map(layer_index, i, epoch, res.z[j:j + 1])
+                        ck.save_map(layer_index, i, epoch, zj)
                         versions[i] = epoch
+                    maps.set(i, zj)
                 pos += 1
                 if ck is not None:
                     save_state(epoch, force=False)

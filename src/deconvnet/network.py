@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from .config import NetConfig, preset
 from .connectivity import connectivity
 from .layer import DeconvLayer, DivergenceError, EpochRecord
+from .mapstore import DEFAULT_MEMORY_LIMIT
 from .ops import synthesize
 from .preprocess import load_image, preprocess, rescale_affine, resize_max_side, to_chw
 
@@ -77,6 +78,8 @@ class DeconvNet:
             ``"fast"``); default ``"zeiler2010"`` with 3 layers.
         device: ``"cpu"``, ``"cuda"`` or a ``torch.device``.
         progress: show a progress bar per layer while training.
+        map_memory_limit: bytes of warm-start maps per layer kept in memory while training;
+            above it they go to disk (see :class:`~deconvnet.DeconvLayer`). Default 2 GiB.
 
     Attributes (after :meth:`fit` or :meth:`load`):
         layers_: the fitted :class:`~deconvnet.DeconvLayer` objects, bottom first.
@@ -86,7 +89,8 @@ class DeconvNet:
         seconds_: training wall time per layer.
     """
 
-    def __init__(self, config: NetConfig | str | None = None, *, device="cpu", progress: bool = False):
+    def __init__(self, config: NetConfig | str | None = None, *, device="cpu", progress: bool = False,
+                 map_memory_limit: float = DEFAULT_MEMORY_LIMIT):
         if config is None:
             config = "zeiler2010"
         self.config = preset(config) if isinstance(config, str) else config
@@ -95,6 +99,7 @@ class DeconvNet:
         self.config.validate()
         self.device = torch.device(device)
         self.progress = progress
+        self.map_memory_limit = map_memory_limit
         self.dtype = torch.float32 if self.config.dtype == "float32" else torch.float64
 
     def __repr__(self) -> str:
@@ -126,7 +131,8 @@ class DeconvNet:
             boundary=self.config.boundary, n_epochs=lc.n_epochs, batch_size=lc.batch_size,
             filter_method=lc.filter_method, filter_iters=lc.filter_iters, max_iter=lc.max_iter, tol=lc.tol,
             beta0=lc.beta0, beta_inc=lc.beta_inc, n_beta=lc.n_beta, n_cg=lc.n_cg, seed=self.config.seed + index + 1,
-            device=self.device, dtype=self.dtype, progress=self.progress)
+            device=self.device, dtype=self.dtype, progress=self.progress,
+            map_memory_limit=getattr(self, "map_memory_limit", DEFAULT_MEMORY_LIMIT))
 
     def _tables(self) -> list[np.ndarray]:
         """Each layer's ``(K, C)`` connectivity, drawn from its kind and seed."""
