@@ -60,7 +60,7 @@ def fingerprint(config_json: str, inputs: list[torch.Tensor]) -> str:
 
 
 def _save_npy(path: Path, z: torch.Tensor) -> None:
-    """Temporary file + rename (no fsync: :meth:`Checkpoint.write` syncs before a state names it)."""
+    """Temporary file + rename (the fsync comes in :meth:`Checkpoint.write`, before a state names it)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
         np.save(fh, z.detach().to("cpu").contiguous().numpy(), allow_pickle=False)
@@ -84,6 +84,7 @@ class Checkpoint:
         self.state: dict = {}
         self.tensors: dict[str, torch.Tensor] = {}
         self._last_write = time.monotonic()
+        self._unsynced: list[Path] = []
 
     # ----------------------------------------------------------------- files
     @property
@@ -103,7 +104,9 @@ class Checkpoint:
         """Write the maps of image ``i`` after ``epoch`` (not yet named by any state)."""
         d = self._maps_dir(layer)
         d.mkdir(parents=True, exist_ok=True)
-        _save_npy(self.map_path(layer, i, epoch), z)
+        path = self.map_path(layer, i, epoch)
+        _save_npy(path, z)
+        self._unsynced.append(path)
 
     def load_map(self, layer: int, i: int, epoch: int, device, dtype) -> torch.Tensor:
         path = self.map_path(layer, i, epoch)
@@ -150,14 +153,39 @@ class Checkpoint:
         from safetensors.torch import save  # noqa: PLC0415
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        if hasattr(os, "sync"):
-            os.sync()  # the map files the state names reach the disk before the state does
+        self._sync_maps()  # the map files the state names reach the disk before the state does
         meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "state": json.dumps(self.state)}
         blob = save({k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}, metadata=meta)
         atomic_write_bytes(self.path, blob)
         self._last_write = time.monotonic()
         self._prune()
         return True
+
+    def _sync_maps(self) -> None:
+        """``fsync`` the map files written since the last state, then their folders."""
+        folders = set()
+        for path in self._unsynced:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            folders.add(path.parent)
+        for d in folders:  # the renames themselves (POSIX; not possible on Windows)
+            try:
+                fd = os.open(d, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        self._unsynced = []
 
     def _prune(self) -> None:
         """Delete map files no state names (older versions, or newer ones from after a crash)."""
