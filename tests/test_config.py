@@ -17,6 +17,7 @@ from deconvnet.config import (
     LayerConfig,
     NetConfig,
     apply_overrides,
+    load_config,
     preset,
 )
 
@@ -177,6 +178,29 @@ def test_from_dict_rejects_bad_documents(edit, match):
     edit(d)
     with pytest.raises(ConfigError, match=match):
         NetConfig.from_dict(d)
+
+
+@pytest.mark.parametrize("field", ["lam", "p", "tol", "beta0", "beta_inc"])
+def test_integers_too_large_for_a_float_are_config_errors(field):
+    """JSON may hold an integer of any size; float() of it overflows. The message shortens it."""
+    with pytest.raises(ConfigError, match=rf"^layer1\.{field}=1000.*\.\.\..*000 is not allowed: a finite number$"):
+        NetConfig.from_dict({"layers": [{"n_maps": 3, field: 10 ** 400}]})
+
+
+def test_load_config_names_the_file(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(preset("fast", 2).to_json())
+    assert load_config(path) == preset("fast", 2)
+    for content, match in [(b'{"layers": 3}', "'layers'"), (b"{", "not valid JSON"), (b"\xff", "not UTF-8"),
+                           (b'{"layers": [{"n_maps": 1' + b"0" * 5000 + b"}]}", "not valid JSON")]:
+        path.write_bytes(content)
+        with pytest.raises(ConfigError, match=match) as info:
+            load_config(path)
+        assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path)
 
 
 @pytest.mark.parametrize("doc", [[1, 2], "text", 3, None])

@@ -8,19 +8,23 @@ ModelFileError with a one-line message, never another exception type and never a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import pickle
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 
-from deconvnet.config import LayerConfig, NetConfig
+from deconvnet.config import ConfigError, LayerConfig, NetConfig, load_config
 from deconvnet.model_io import FORMAT_VERSION, ModelFileError
 from deconvnet.network import DeconvNet
 
@@ -250,6 +254,25 @@ def test_mismatched_pair(run, tmp_path):
     refuse(run, "another model")
 
 
+def test_nan_in_the_description(run):
+    rewrite_consistently(run, lambda d: d["input_affine"].__setitem__(1, float("nan")))
+    refuse(run, "NaN")
+
+
+def test_weights_metadata_of_another_format_version(run):
+    rewrite_consistently(run)
+    tensors = st_load((run / "model.safetensors").read_bytes())
+    doc = json.loads((run / "model.json").read_text())
+    doc.pop("weights_sha256")
+    canon = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    blob = st_save(tensors, metadata={"format": "deconvnet-model", "format_version": "2",
+                                      "json_sha256": hashlib.sha256(canon).hexdigest()})
+    (run / "model.safetensors").write_bytes(blob)
+    doc["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+    (run / "model.json").write_text(json.dumps(doc))
+    refuse(run, "format_version '2' differs")
+
+
 def test_consistent_rewrite_loads(run, saved):
     """Control for the cases below: the helper itself produces a loadable model."""
     rewrite_consistently(run)
@@ -276,10 +299,21 @@ def test_consistent_rewrite_loads(run, saved):
     (None, lambda t: t.update({"layer2.connectivity": torch.full((3, 2), 2, dtype=torch.uint8)})),
     (None, lambda t: t.update({"layer2.connectivity": torch.ones(3, 2)})),
     (None, lambda t: t.update({"layer2.connectivity": torch.zeros(3, 2, dtype=torch.uint8)})),
+    # found by the fuzz tests below: each once escaped as another exception type or loaded
+    (lambda d: d["config"]["layers"][0].update(lam=10 ** 400), None),
+    (lambda d: d["layers"][0].update(chain_affine=[10 ** 400, 0.0]), None),
+    (lambda d: d["layers"][0]["history"][0].update(objective="x"), None),
+    (lambda d: d["layers"][0].update(history={"epoch": 1}), None),
+    (lambda d: d["layers"][0].update(seconds=[1.0]), None),
+    (lambda d: d["layers"][0].update(connectivity_seed=1.5), None),
+    (lambda d: d["layers"][1].update(in_channels=5), None),
+    (None, lambda t: t.update({"layer1.filters": t["layer1.filters"].double()})),
+    (None, lambda t: t.update({"layer1.filters": t["layer1.filters"].to(torch.int32)})),
 ], ids=["config-lam", "config-missing", "config-list", "config-unknown-key", "one-layer-missing",
         "layers-null", "affine-text", "affine-int", "chain-zero-scale", "chain-missing", "history-bad",
         "seed-missing", "filters-missing", "table-missing", "filters-shape", "filters-nan", "table-2",
-        "table-float", "table-empty-row"])
+        "table-float", "table-empty-row", "config-huge-int", "chain-huge-int", "history-text", "history-object",
+        "seconds-list", "seed-float", "in-channels-disagree", "filters-float64", "filters-int32"])
 def test_consistent_but_wrong_content(run, edit_doc, edit_tensors):
     rewrite_consistently(run, edit_doc, edit_tensors)
     refuse(run, "configuration|inconsistent|layer")
@@ -297,3 +331,290 @@ def test_consistent_but_malformed_description_is_refused(run, edit_doc):
     ModelFileError (not an AttributeError, nor a model that fails later)."""
     rewrite_consistently(run, edit_doc)
     refuse(run, "inconsistent|input_affine|layer")
+
+
+# ------------------------------------------------------- property-based fuzzing
+# Every mutation below must end in one of two ways: the loader refuses with a ModelFileError
+# (or, for config.json, a ConfigError) whose message is one line, or it loads a model that is
+# exactly what the mutated files describe, read back here with json and safetensors directly.
+# Any other exception type is a failure.
+FUZZ = settings(derandomize=True, max_examples=300, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+#: values that have broken parsers before, drawn as often as all other scalars together
+EDGE_VALUES = [None, True, False, 0, -1, 1, 3, 0.5, -0.0, 1e-300, 1e300, 10 ** 30, -10 ** 30, 2 ** 63, 10 ** 400,
+               float("nan"), float("inf"), float("-inf"), "", "1", "full", "fista", "rgb", "float64",
+               "deconvnet-model", [], {}]
+JSON_SCALARS = st.one_of(st.sampled_from(EDGE_VALUES), st.one_of(
+    st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6)))
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)), max_leaves=6)
+
+
+def refused_or_loaded(folder):
+    """The loaded net, or None when the loader refused with a one-line ModelFileError."""
+    try:
+        return DeconvNet.load(folder)
+    except ModelFileError as err:
+        assert str(err) and "\n" not in str(err)
+        return None
+
+
+def described_by(value, doc) -> bool:
+    """Whether ``value`` (a loaded config as a dict) says what ``doc`` (the parsed file) says:
+    every key of ``doc`` present with an equal value; 1 == 1.0, but true is not 1."""
+    if isinstance(doc, dict):
+        return isinstance(value, dict) and all(k in value and described_by(value[k], v) for k, v in doc.items())
+    if isinstance(doc, list):
+        return isinstance(value, (list, tuple)) and len(value) == len(doc) and all(
+            described_by(a, b) for a, b in zip(value, doc))
+    if isinstance(doc, bool) or isinstance(value, bool):
+        return value is doc
+    if type(value) is float and type(doc) is int:  # a JSON integer for a float field
+        return value == float(doc)
+    return type(value) in (int, float, str, type(None)) and value == doc
+
+
+def assert_loaded_as_described(net, doc, tensors):
+    """``net`` holds exactly the mutated files' content: config, affines and filter tensors."""
+    assert described_by(net.config.to_dict(), doc["config"])
+    assert described_by(list(net.input_affine_), doc["input_affine"])
+    for records, seconds in zip(net.history_, net.seconds_):  # what the report formats as numbers
+        assert seconds is None or type(seconds) in (int, float)
+        assert all(type(v) in (int, float) for r in records for v in vars(r).values())
+    for i, layer in enumerate(net.layers_, start=1):
+        f = tensors[f"layer{i}.filters"]
+        assert layer.filters_.dtype == f.dtype and torch.equal(layer.filters_.cpu(), f)
+        assert torch.equal(layer.connectivity_.cpu(), tensors[f"layer{i}.connectivity"].bool())
+
+
+def mutate_bytes(data: bytes, draw) -> bytes:
+    """One byte flip, truncation, insertion or deletion at a drawn place."""
+    kind = draw(st.sampled_from(["flip", "truncate", "insert", "delete"]))
+    pos = draw(st.integers(0, max(len(data) - 1, 0)))
+    if kind == "flip":
+        b = bytearray(data)
+        b[pos] ^= 1 << draw(st.integers(0, 7))
+        return bytes(b)
+    if kind == "truncate":
+        return data[:pos]
+    if kind == "insert":
+        return data[:pos] + draw(st.binary(min_size=1, max_size=4)) + data[pos:]
+    return data[:pos] + data[pos + draw(st.integers(1, 16)):]
+
+
+def json_paths(node, prefix=()):
+    """Every path (tuple of keys / indices) into a parsed JSON document."""
+    yield prefix
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        yield from json_paths(v, prefix + (k,))
+
+
+def edit_json(doc, path, action, value):
+    """Replace, delete or (in an object) add a key at ``path``; returns the new document."""
+    doc = json.loads(json.dumps(doc))
+    if not path:
+        return value
+    parent = doc
+    for k in path[:-1]:
+        parent = parent[k]
+    key = path[-1]
+    if action == "delete":
+        del parent[key]
+    elif action == "add" and isinstance(parent, dict):
+        parent["x" + str(key)] = value
+    else:
+        parent[key] = value
+    return doc
+
+
+def write_consistent(folder, doc, tensors, metadata=None):
+    """Write the pair with both cross-hashes recomputed (sorted keys, compact separators, no
+    weights_sha256 in the JSON hash), so that the content reaches the parsers."""
+    body = {k: v for k, v in doc.items() if k != "weights_sha256"} if isinstance(doc, dict) else doc
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    meta = {"format": "deconvnet-model", "format_version": str(FORMAT_VERSION),
+            "json_sha256": hashlib.sha256(canon).hexdigest()}
+    blob = st_save(tensors, metadata=dict(meta, **(metadata or {})))
+    (folder / "model.safetensors").write_bytes(blob)
+    if isinstance(doc, dict):
+        doc = dict(doc, weights_sha256=hashlib.sha256(blob).hexdigest())
+    (folder / "model.json").write_text(json.dumps(doc))
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(saved, tmp_path_factory):
+    """(folder rewritten by every example, original json bytes, original weights bytes)."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    return folder, (saved[1] / "model.json").read_bytes(), (saved[1] / "model.safetensors").read_bytes()
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_raw_bytes_without_new_hashes(fuzz_dir, saved, data):
+    """Raw damage to either file (hashes not recomputed): refused, or (only for a change that
+    leaves the JSON document equal, e.g. in whitespace) the very same model."""
+    folder, js, weights = fuzz_dir
+    name = data.draw(st.sampled_from(["model.json", "model.safetensors"]))
+    files = {"model.json": js, "model.safetensors": weights}
+    files[name] = mutate_bytes(files[name], data.draw)
+    for n, b in files.items():
+        (folder / n).write_bytes(b)
+    net = refused_or_loaded(folder)
+    if net is not None:
+        assert files["model.safetensors"] == weights
+        assert json.loads(files["model.json"]) == json.loads(js)
+        assert_same_model(saved[0], net)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_weights_bytes_with_new_hash(fuzz_dir, data):
+    """Damage to the weights file that the description vouches for (weights_sha256 updated):
+    refused, or loaded with exactly the tensors that safetensors reads from the file."""
+    folder, js, weights = fuzz_dir
+    blob = mutate_bytes(weights, data.draw)
+    doc = json.loads(js)
+    doc["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+    (folder / "model.safetensors").write_bytes(blob)
+    (folder / "model.json").write_text(json.dumps(doc))
+    net = refused_or_loaded(folder)
+    if net is not None:
+        assert_loaded_as_described(net, doc, st_load(blob))
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_description_values_with_new_hashes(fuzz_dir, data):
+    """A value or type changed, a key deleted or added anywhere in model.json, both hashes
+    recomputed: refused, or loaded exactly as the edited description says."""
+    folder, js, weights = fuzz_dir
+    doc = json.loads(js)
+    doc.pop("weights_sha256")
+    path = data.draw(st.sampled_from(list(json_paths(doc))))
+    action = data.draw(st.sampled_from(["replace", "delete", "add"]) if path else st.just("replace"))
+    doc = edit_json(doc, path, action, data.draw(JSON_VALUES))
+    tensors = st_load(weights)
+    write_consistent(folder, doc, tensors)
+    net = refused_or_loaded(folder)
+    if net is not None:
+        assert_loaded_as_described(net, doc, tensors)
+
+
+TENSOR_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.uint8, torch.bool]
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_tensors_and_metadata_with_new_hashes(fuzz_dir, data):
+    """A tensor dropped, added, or replaced by one of another dtype or shape, or the weights'
+    metadata edited, both hashes recomputed: refused, or loaded with exactly those tensors."""
+    folder, js, weights = fuzz_dir
+    doc = json.loads(js)
+    tensors = st_load(weights)
+    metadata = None
+    name = data.draw(st.sampled_from(sorted(tensors) + ["layer3.filters", "extra"]))
+    kind = data.draw(st.sampled_from(["drop", "replace", "metadata"]))
+    if kind == "drop":
+        tensors.pop(name, None)
+    elif kind == "replace":
+        shape = data.draw(st.sampled_from([tuple(tensors.get(name, torch.zeros(2, 1, 3, 3)).shape), (2, 1, 3, 3),
+                                           (3, 2), (2, 1), (3, 2, 3, 3), (0,), ()]))
+        dtype = data.draw(st.sampled_from(TENSOR_DTYPES))
+        values = data.draw(st.sampled_from([0.0, 1.0, 0.5, -2.0, float("nan")]))
+        tensors[name] = torch.full(shape, values).to(dtype)
+    else:
+        key = data.draw(st.sampled_from(["format", "format_version", "json_sha256", "other"]))
+        metadata = {key: data.draw(st.sampled_from(["", "2", "0", "deconvnet-model", "x" * 64]))}
+    write_consistent(folder, doc, tensors, metadata)
+    net = refused_or_loaded(folder)
+    if net is not None:
+        assert_loaded_as_described(net, doc, tensors)
+
+
+def _config_file_or_refused(path):
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        assert str(err) and "\n" not in str(err)
+        return None
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_config_json(saved, tmp_path_factory, data):
+    """config.json damaged (bytes) or edited (values, types, keys): load_config refuses with a
+    one-line ConfigError, or returns the configuration the file describes."""
+    folder = tmp_path_factory.getbasetemp() / "fuzz-config"
+    folder.mkdir(exist_ok=True)
+    original = (saved[0].config.to_json() + "\n").encode()
+    if data.draw(st.booleans()):
+        text = mutate_bytes(original, data.draw)
+    else:
+        doc = json.loads(original)
+        path = data.draw(st.sampled_from(list(json_paths(doc))))
+        action = data.draw(st.sampled_from(["replace", "delete", "add"]) if path else st.just("replace"))
+        text = json.dumps(edit_json(doc, path, action, data.draw(JSON_VALUES))).encode()
+    (folder / "config.json").write_bytes(text)
+    cfg = _config_file_or_refused(folder / "config.json")
+    if cfg is not None:
+        assert described_by(cfg.to_dict(), json.loads(text))
+
+
+# -------------------------------------------------------------- failed saves
+def test_failure_between_weights_and_description_leaves_no_model(saved, tmp_path, monkeypatch):
+    """A save that fails after the weights and before the description removes the weights: no
+    lone model.safetensors that looks like a model, no temporary files, and loading says so."""
+    from deconvnet import model_io
+
+    real = model_io.atomic_write_bytes
+
+    def write(path, data):
+        if str(path).endswith(".json"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(model_io, "atomic_write_bytes", write)
+    with pytest.raises(OSError, match="No space left"):
+        saved[0].save(tmp_path / "run")
+    assert list((tmp_path / "run").iterdir()) == []
+    refuse(tmp_path / "run", "not found")
+
+
+def disk_full_for(suffixes: tuple[str, ...]):
+    """An ``os.replace`` that fails (disk full) for targets ending in one of ``suffixes``."""
+    real = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(suffixes):
+            raise OSError(errno.ENOSPC, "No space left on device", src)
+        return real(src, dst)
+
+    return replace
+
+
+def test_failed_resave_never_loads_a_mix(saved, tmp_path, monkeypatch):
+    """Saving another model over a folder fails at the description: the old description must
+    not load with whatever weights are left."""
+    saved[0].save(tmp_path / "run")
+    monkeypatch.setattr(os, "replace", disk_full_for((".json",)))
+    with pytest.raises(OSError):
+        fitted(seed=1).save(tmp_path / "run")
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+    refuse(tmp_path / "run", "not found")
+
+
+def test_failure_writing_the_weights_keeps_the_previous_model(saved, tmp_path, monkeypatch):
+    saved[0].save(tmp_path / "run")
+    monkeypatch.setattr(os, "replace", disk_full_for((".safetensors", ".json")))
+    with pytest.raises(OSError):
+        fitted(seed=1).save(tmp_path / "run")
+    monkeypatch.undo()
+    assert_same_model(saved[0], DeconvNet.load(tmp_path / "run"))
+
+
+def test_weights_without_description(run):
+    (run / "model.json").unlink()
+    err = refuse(run, "incomplete save")
+    assert "model.json" in str(err)

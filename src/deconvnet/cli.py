@@ -51,6 +51,18 @@ def _load(model, device="cpu"):
     return DeconvNet.load(path, device=device)
 
 
+def _out_dir(out) -> Path:
+    """The ``--out`` folder, created if needed; a one-line error when it cannot be."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot create the folder ({err.strerror or err})") from None
+    return out
+
+
 def _image_files(items: list[str]) -> list[Path]:
     paths = []
     for item in items:
@@ -63,15 +75,23 @@ def _image_files(items: list[str]) -> list[Path]:
     return paths
 
 
-def _usable_images(folder: Path, color: str, min_side: int):
-    """Read every image of ``folder``; return the usable ones and ``(path, reason)`` for the rest."""
-    from .preprocess import IMAGE_SUFFIXES, load_image  # noqa: PLC0415
+def _usable_images(folder: Path, color: str, min_side: int, max_side: int | None = None, *,
+                   filter_size: int | None = None, say=None):
+    """Read every image of ``folder``, downscaled to ``max_side``; return the usable ones, their
+    paths, and ``(path, reason)`` for every file skipped (unreadable, too small, a sub-folder).
+
+    ``min_side`` is the smallest side layer 1 takes: its ``filter_size`` plus the border the
+    preprocessing removes. When nothing is usable because every image that could be read is
+    smaller than that, the skipped files are reported with ``say`` and the error names
+    ``layer1.filter_size``.
+    """
+    from .preprocess import IMAGE_SUFFIXES, ImageReadError, load_image  # noqa: PLC0415
 
     if not folder.exists():
         raise UserError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder of images")
-    images, used, skipped = [], [], []
+    images, used, skipped, small = [], [], [], []
     for p in sorted(folder.iterdir()):
         if p.is_dir():
             skipped.append((p, "a folder (sub-folders are not searched)"))
@@ -79,34 +99,51 @@ def _usable_images(folder: Path, color: str, min_side: int):
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         try:
-            im = load_image(p, color)
-        except Exception as err:  # any reader failure makes the file unusable, not the run
+            im = load_image(p, color, max_side)
+        except ImageReadError as err:
+            skipped.append((p, err.reason))
+            continue
+        except Exception as err:  # any other reader failure makes the file unusable, not the run
             skipped.append((p, f"cannot be read as an image ({type(err).__name__}: {str(err)[:80]})"))
             continue
         if min(im.shape[1:]) < min_side:
-            skipped.append((p, f"too small ({im.shape[1]}x{im.shape[2]}, need at least {min_side}x{min_side})"))
+            small.append(im.shape[1:])
+            skipped.append((p, _too_small(im.shape[1:], min_side, max_side, filter_size)))
             continue
         if not np.isfinite(im).all():
             skipped.append((p, "contains NaN or Inf"))
             continue
         images.append(im)
         used.append(p)
+    if small and not images:
+        for p, why in skipped:
+            (say or print)(f"skipped {p}: {why}")
+        H, W = max(small, key=min)
+        border = min_side - (filter_size or min_side)
+        after = f", {H - border}x{W - border} after preprocessing" if border and min(H, W) > border else ""
+        what = (f"layer1.filter_size={filter_size} is larger than" if filter_size
+                else f"{min_side}x{min_side} is more than")
+        which = "every image" if len(small) == len(skipped) else "every image that could be read"
+        raise UserError(f"{folder}: {what} {which} (largest {H}x{W}{after})")
     return images, used, skipped
 
 
-def _config(args):
-    from .config import NetConfig, apply_overrides, preset  # noqa: PLC0415
+def _too_small(shape, min_side: int, max_side: int | None, filter_size: int | None) -> str:
+    """Why an image of ``shape`` (after the downscale to ``max_side``) is skipped."""
+    H, W = shape
+    at = f" at max_side={max_side}" if max_side is not None and max(H, W) == max_side else ""
+    if filter_size is None:
+        return f"too small ({H}x{W}{at}, need at least {min_side}x{min_side})"
+    border = min_side - filter_size
+    need = f"{min_side}x{min_side} with the {border}-pixel preprocessing border" if border else \
+        f"{min_side}x{min_side}"
+    return f"smaller than the {filter_size}x{filter_size} layer-1 filters ({H}x{W}{at}; needs at least {need})"
 
-    if args.config:
-        path = Path(args.config)
-        try:
-            cfg = NetConfig.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such config file") from None
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: not valid JSON ({err})") from None
-    else:
-        cfg = preset(args.preset, args.layers)
+
+def _config(args):
+    from .config import apply_overrides, load_config, preset  # noqa: PLC0415
+
+    cfg = load_config(args.config) if args.config else preset(args.preset, args.layers)
     overrides = list(args.set or [])
     if args.epochs is not None:
         overrides.append(f"n_epochs={args.epochs}")
@@ -135,7 +172,8 @@ def train_run(images_dir, out, cfg, *, device="cpu", progress=True, report=True,
         raise UserError(f"{out} holds an unfinished run; continue it with `deconvnet train --resume {out}` "
                         "(or choose another --out)")
     min_side = cfg.layers[0].filter_size + (4 if cfg.preprocess == "toolbox2010" else 0)
-    images, used, skipped = _usable_images(folder, cfg.color, min_side)
+    images, used, skipped = _usable_images(folder, cfg.color, min_side, cfg.max_side,
+                                           filter_size=cfg.layers[0].filter_size, say=say)
     for p, why in skipped:
         say(f"skipped {p}: {why}")
     if not images:
@@ -261,8 +299,7 @@ def cmd_infer(args) -> int:
     net = _load(args.model, _device(args.device))
     files = _image_files(args.images)
     layers = [net._check_layer(args.layer)] if args.layer is not None else list(range(1, net.n_layers + 1))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(args.out)
     from ._files import atomic_write_bytes  # noqa: PLC0415
 
     for path in files:
@@ -284,8 +321,7 @@ def cmd_project(args) -> int:
     from .plotting import save_filter_grid  # noqa: PLC0415
 
     net = _load(args.model, _device(args.device))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(args.out)
     layers = [net._check_layer(args.layer)] if args.layer is not None else range(1, net.n_layers + 1)
     for L in layers:
         P = net.project(L)
@@ -367,12 +403,20 @@ def cmd_demo(args) -> int:
 
 
 # ------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error contract: ``deconvnet: error: ...``, exit status 2
+    (sub-command parsers are made of the same class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"deconvnet: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__  # noqa: PLC0415
     from .config import PRESETS  # noqa: PLC0415
 
-    ap = argparse.ArgumentParser(prog="deconvnet", description="Deconvolutional Networks (Zeiler et al. 2010): "
-                                 "learn, look at and use hierarchical convolutional sparse codes of images.")
+    ap = _Parser(prog="deconvnet", description="Deconvolutional Networks (Zeiler et al. 2010): "
+                 "learn, look at and use hierarchical convolutional sparse codes of images.")
     ap.add_argument("--version", action="version", version=f"deconvnet {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

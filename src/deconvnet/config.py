@@ -33,11 +33,13 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from .connectivity import CONNECTIVITIES, n_maps_for
 
-__all__ = ["ConfigError", "LayerConfig", "NetConfig", "PRESETS", "PREPROCESSING", "preset", "apply_overrides"]
+__all__ = ["ConfigError", "LayerConfig", "NetConfig", "PRESETS", "PREPROCESSING", "preset", "apply_overrides",
+           "load_config"]
 
 METHODS = ("continuation", "fista", "admm")
 FILTER_METHODS = ("cg", "gradient")
@@ -54,7 +56,10 @@ class ConfigError(ValueError):
 
 
 def _fail(name: str, value, allowed: str):
-    raise ConfigError(f"{name}={value!r} is not allowed: {allowed}")
+    text = repr(value)
+    if len(text) > 40:  # e.g. an integer of 400 digits from a JSON file
+        text = text[:18] + "..." + text[-18:]
+    raise ConfigError(f"{name}={text} is not allowed: {allowed}")
 
 
 def _int(name, value, minimum=1):
@@ -62,8 +67,16 @@ def _int(name, value, minimum=1):
         _fail(name, value, f"an integer >= {minimum}")
 
 
+def _is_finite(value) -> bool:
+    """A finite int or float (not a bool; not an integer too large for a float)."""
+    try:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _real(name, value, positive=True, minimum=None):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not _is_finite(value):
         _fail(name, value, "a finite number")
     if positive and value <= 0:
         _fail(name, value, "a number > 0")
@@ -107,7 +120,7 @@ class LayerConfig:
     def __post_init__(self):
         for name in ("lam", "p", "tol", "beta0", "beta_inc"):  # JSON may write 1 for 1.0
             v = getattr(self, name)
-            if isinstance(v, int) and not isinstance(v, bool):
+            if isinstance(v, int) and _is_finite(v):
                 object.__setattr__(self, name, float(v))
         self.validate()
 
@@ -118,8 +131,8 @@ class LayerConfig:
         _int(w + "filter_size", self.filter_size)
         _choice(w + "connectivity", self.connectivity, CONNECTIVITIES)
         _real(w + "lam", self.lam)
-        _real(w + "p", self.p)
-        if self.p > 1:
+        _real(w + "p", self.p, positive=False)
+        if not 0 < self.p <= 1:
             _fail(w + "p", self.p, "a number in (0, 1]")
         _choice(w + "method", self.method, METHODS)
         _int(w + "n_epochs", self.n_epochs)
@@ -245,6 +258,29 @@ class NetConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def load_config(path) -> NetConfig:
+    """Read a configuration file (JSON, as ``RUN_DIR/config.json`` is written); every problem
+    with it (missing, unreadable, not JSON, bad fields) is a one-line :class:`ConfigError`
+    that names the file."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text, so not a JSON configuration") from None
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, or an integer of too many digits
+        raise ConfigError(f"{path}: not valid JSON ({err})") from None
+    try:
+        return NetConfig.from_dict(doc)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def _layer(index: int, make, *args, **kwargs) -> LayerConfig:

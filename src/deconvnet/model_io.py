@@ -17,12 +17,15 @@ run folder):
 
 Each file names the other's hash, so a truncated, corrupted, edited or mismatched pair is
 refused with a :class:`ModelFileError` that says which file and why. Files are written to a
-temporary name and renamed into place (weights first, JSON last), so an interrupted save
-leaves either the previous model or a pair that fails the hash check, never a silent mix.
+temporary name and renamed into place (weights first, JSON last; the new weights are removed
+again when the JSON cannot be written), so an interrupted save leaves the previous model (when
+the weights could not be written), no model, or a pair that fails the hash check; never a
+silent mix.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -118,9 +121,14 @@ def save_model(net, path) -> Path:
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
             "json_sha256": hashlib.sha256(_canonical(doc)).hexdigest()}
     blob = save(tensors, metadata=meta)
-    atomic_write_bytes(weights_path, blob)
     doc["weights_sha256"] = hashlib.sha256(blob).hexdigest()
-    atomic_write_bytes(json_path, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())
+    text = (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode()
+    atomic_write_bytes(weights_path, blob)
+    try:
+        atomic_write_bytes(json_path, text)
+    except BaseException:
+        weights_path.unlink(missing_ok=True)  # no weights without their description
+        raise
     return weights_path
 
 
@@ -146,12 +154,19 @@ def load_model(path, *, device="cpu"):
     from .network import DeconvNet  # noqa: PLC0415
 
     weights_path, json_path = model_paths(path)
+    if not json_path.exists() and weights_path.exists():
+        raise ModelFileError(f"{json_path}: not found next to {weights_path.name}; a weights file without its "
+                             "description is an incomplete save, not a model")
     raw = _read(json_path, "model description (JSON)")
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # not UTF-8, not JSON, an integer of too many digits
         raise ModelFileError(f"{json_path}: not valid JSON ({err}); the file is truncated or not a model") from None
     _need(isinstance(doc, dict) and doc.get("format") == FORMAT, json_path, f"not a {FORMAT} description")
+    try:
+        canonical = _canonical(doc)
+    except ValueError:
+        raise ModelFileError(f"{json_path}: contains NaN or Infinity, which no saved model does") from None
     version = doc.get("format_version")
     _need(isinstance(version, int) and not isinstance(version, bool), json_path, "format_version is missing")
     _need(version <= FORMAT_VERSION, json_path,
@@ -166,7 +181,9 @@ def load_model(path, *, device="cpu"):
     header_len = int.from_bytes(blob[:8], "little")  # safetensors: u64 length, then a JSON header
     meta = json.loads(blob[8:8 + header_len]).get("__metadata__") or {}  # readable: load() parsed it
     _need(meta.get("format") == FORMAT, weights_path, f"not a {FORMAT} weights file")
-    _need(meta.get("json_sha256") == hashlib.sha256(_canonical(doc)).hexdigest(), json_path,
+    _need(meta.get("format_version") == str(version), weights_path,
+          f"format_version {meta.get('format_version')!r} differs from {json_path.name}'s {version}")
+    _need(meta.get("json_sha256") == hashlib.sha256(canonical).hexdigest(), json_path,
           f"does not match {weights_path.name} (the description was edited or belongs to another model)")
     try:
         config = NetConfig.from_dict(doc["config"])
@@ -182,13 +199,39 @@ def load_model(path, *, device="cpu"):
 
 def _affine(value, name: str) -> tuple[float, float]:
     """A stored ``[scale, shift]`` pair: two finite numbers, non-zero scale."""
-    if not isinstance(value, list) or len(value) != 2 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if not isinstance(value, list) or len(value) != 2 or not all(_is_number(v) for v in value):
         raise ValueError(f"{name} must be [scale, shift], got {value!r}")
-    a, b = float(value[0]), float(value[1])
-    if not (math.isfinite(a) and math.isfinite(b) and a != 0):
+    if not (_is_finite(value[0]) and _is_finite(value[1]) and value[0] != 0):
         raise ValueError(f"{name} {value!r} is not usable (finite numbers, non-zero scale)")
-    return a, b
+    return float(value[0]), float(value[1])
+
+
+def _is_number(value) -> bool:
+    """A JSON number (``true`` and ``false`` are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value) -> bool:
+    """A JSON number that is a finite float (an integer too large for a float is not)."""
+    try:
+        return _is_number(value) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _history(records, layer: int) -> list[EpochRecord]:
+    """A stored training history: a list of objects with exactly the :class:`EpochRecord`
+    fields, all finite numbers (``epoch`` an integer)."""
+    names = [f.name for f in dataclasses.fields(EpochRecord)]
+    if not isinstance(records, list):
+        raise ValueError(f"layer{layer}.history must be a list of epochs, got {type(records).__name__}")
+    out = []
+    for r in records:
+        if not (isinstance(r, dict) and sorted(r) == sorted(names)
+                and all(_is_finite(r[k]) for k in names) and isinstance(r["epoch"], int)):
+            raise ValueError(f"layer{layer}.history has an entry that is not an epoch record ({', '.join(names)})")
+        out.append(EpochRecord(**{k: r[k] for k in names}))
+    return out
 
 
 def _restore(net, doc: dict, tensors: dict) -> None:
@@ -207,6 +250,8 @@ def _restore(net, doc: dict, tensors: dict) -> None:
                              f"{(lc.n_maps, C, lc.filter_size, lc.filter_size)}")
         if tuple(g.shape) != (lc.n_maps, C) or g.dtype != torch.uint8 or bool((g > 1).any()):
             raise ValueError(f"layer{i}.connectivity must be a ({lc.n_maps}, {C}) 0/1 uint8 table")
+        if f.dtype != net.dtype:
+            raise ValueError(f"layer{i}.filters are {f.dtype}, but the configuration says dtype={cfg.dtype!r}")
         if not bool(torch.isfinite(f).all()):
             raise ValueError(f"layer{i}.filters contains NaN or Inf")
         layer = net._make_layer(i - 1, C, g.numpy().astype(bool))
@@ -220,11 +265,20 @@ def _restore(net, doc: dict, tensors: dict) -> None:
                     and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in activity)):
                 raise ValueError(f"layer{i}.map_activity must be {lc.n_maps} fractions in [0, 1]")
             layer.map_activity_ = np.asarray(activity, dtype=np.float64)
+        for key, expected in (("n_maps", lc.n_maps), ("in_channels", C), ("filter_size", lc.filter_size)):
+            if key in ld and not (_is_number(ld[key]) and ld[key] == expected):
+                raise ValueError(f"layer{i}.{key}={ld[key]!r} disagrees with the configuration ({expected})")
         if ld.get("chain_affine") is not None:
             net.chain_affines_.append(_affine(ld["chain_affine"], f"layer{i}.chain_affine"))
-        net.history_.append([EpochRecord(**r) for r in ld.get("history", [])])
-        net.seconds_.append(ld.get("seconds"))
-        net.connectivity_seeds_.append(int(ld["connectivity_seed"]))
+        net.history_.append(_history(ld.get("history", []), i))
+        seconds = ld.get("seconds")
+        if seconds is not None and not (_is_number(seconds) and 0 <= seconds < math.inf):
+            raise ValueError(f"layer{i}.seconds={seconds!r} is not a duration in seconds")
+        net.seconds_.append(seconds)
+        seed = ld["connectivity_seed"]
+        if not (_is_number(seed) and isinstance(seed, int)):
+            raise ValueError(f"layer{i}.connectivity_seed={seed!r} is not an integer")
+        net.connectivity_seeds_.append(seed)
         C = lc.n_maps
     if len(net.chain_affines_) != net.n_layers - 1:
         raise ValueError("chain_affine must be given for every layer but the last")

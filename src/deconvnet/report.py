@@ -150,10 +150,14 @@ def write_report(run_dir, *, images=None, max_images: int = 3, out=None) -> Path
             info = json.loads(run_json.read_text())
         except (OSError, ValueError):
             info = {}
+    if not isinstance(info, dict):  # run.json is not checked like the model: use what is usable
+        info = {}
     meta = json.loads((run_dir / "model.json").read_text()) if (run_dir / "model.json").is_file() else {}
     info.setdefault("versions", meta.get("versions"))
     if images is None:
-        images = [p for p in info.get("files", []) if Path(p).is_file()][:max_images]
+        files = info.get("files")
+        images = [p for p in (files if isinstance(files, list) else []) if isinstance(p, str) and Path(p).is_file()]
+        images = images[:max_images]
     images = [Path(p) for p in images][:max_images]
     html_text = build_report(net, title=f"deconvnet: {run_dir.resolve().name}", images=images or None,
                              image_names=[p.name for p in images], run_info=info)
