@@ -24,7 +24,7 @@ See ``docs/paper_map.md`` for which function implements which part of the paper.
 
 __version__ = "0.1.0"
 
-from .config import ConfigError, LayerConfig, NetConfig, apply_overrides, preset
+from .config import ConfigError, LayerConfig, NetConfig, apply_overrides, load_config, preset
 from .connectivity import connectivity
 from .filters import init_filters, normalize_planes, update_filters
 from .inference import IterationRecord, Objective, SparseCode, objective, sparse_code
@@ -32,7 +32,8 @@ from .checkpoint import CheckpointError
 from .layer import DeconvLayer, DivergenceError, EpochRecord
 from .model_io import ModelFileError
 from .network import DeconvNet, snr_db
-from .ops import ConvOperator, filter_gradient, synthesize, synthesize_adjoint
+from .ops import ConvOperator, MapOperator, filter_gradient, synthesize, synthesize_adjoint
+from .preprocess import ImageReadError
 from .shrinkage import shrink, shrink_threshold
 
 __all__ = [
@@ -48,6 +49,9 @@ __all__ = [
     "ConvOperator",
     "DeconvLayer",
     "DivergenceError",
+    "ImageReadError",
+    "load_config",
+    "MapOperator",
     "CheckpointError",
     "EpochRecord",
     "IterationRecord",

@@ -166,11 +166,11 @@ def train_run(images_dir, out, cfg, *, device="cpu", progress=True, report=True,
     from .model_io import software_versions  # noqa: PLC0415
 
     folder, out = Path(images_dir), Path(out)
-    if (out / "model.json").exists():
-        raise UserError(f"{out} already holds a trained model; choose another --out (or delete it)")
     if (out / "checkpoint").exists():
         raise UserError(f"{out} holds an unfinished run; continue it with `deconvnet train --resume {out}` "
                         "(or choose another --out)")
+    if (out / "model.json").exists():
+        raise UserError(f"{out} already holds a trained model; choose another --out (or delete it)")
     min_side = cfg.layers[0].filter_size + (4 if cfg.preprocess == "toolbox2010" else 0)
     images, used, skipped = _usable_images(folder, cfg.color, min_side, cfg.max_side,
                                            filter_size=cfg.layers[0].filter_size, say=say)
@@ -227,7 +227,7 @@ def resume_run(out, *, device=None, progress=True, report=True, say=print, check
     images = []
     for p in files:
         try:
-            images.append(load_image(p, cfg.color))
+            images.append(load_image(p, cfg.color, cfg.max_side))  # exactly as train_run read it
         except Exception as err:  # the run needs exactly these images
             raise UserError(f"--resume {out}: training image {p} cannot be read any more "
                             f"({type(err).__name__}: {str(err)[:80]})") from None

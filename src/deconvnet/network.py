@@ -57,10 +57,11 @@ def snr_db(target, estimate) -> float:
     return 10.0 * float(np.log10(sig / err)) if sig > 0 else float("-inf")
 
 
-def _to_chw(image, color: str, index: int) -> np.ndarray:
-    """One user image (path, ``(H, W)``, ``(H, W, 3|4)``) -> ``(C, H, W)`` float64."""
+def _to_chw(image, color: str, index: int, max_side: int | None = None) -> np.ndarray:
+    """One user image (path, ``(H, W)``, ``(H, W, 3|4)``) -> ``(C, H, W)`` float64; files are
+    read at most ``max_side`` on a side, as the command line reads them."""
     if isinstance(image, (str, Path)):
-        return load_image(image, color)
+        return load_image(image, color, max_side)
     try:
         a = to_chw(image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image, color)
     except ValueError as err:
@@ -172,7 +173,7 @@ class DeconvNet:
         out = []
         s = cfg.layers[0].filter_size
         for i, im in enumerate(images):
-            x = preprocess(resize_max_side(_to_chw(im, cfg.color, i), cfg.max_side), cfg.preprocess)
+            x = preprocess(resize_max_side(_to_chw(im, cfg.color, i, cfg.max_side), cfg.max_side), cfg.preprocess)
             if cfg.boundary == "circular" and min(x.shape[1:]) < s:
                 raise ValueError(f"image {i} is {x.shape[1]}x{x.shape[2]} after preprocessing, smaller than the "
                                  f"{s}x{s} filters")
