@@ -229,3 +229,30 @@ def test_cli_resume_errors_are_one_line(tmp_path, capsys):
     assert "takes the images and settings from RUN_DIR" in capsys.readouterr().err
     assert main(["train"]) == 2
     assert "needs IMAGES_DIR" in capsys.readouterr().err
+
+
+def test_nan_in_an_input_stops_with_the_layer_and_the_image(tmp_path, capsys):
+    from deconvnet.cli import main
+
+    bad = images()
+    bad[2] = bad[2].copy()
+    bad[2][3, 4] = np.nan
+    with pytest.raises(ValueError, match=r"layer 1: input image 2 contains NaN or Inf"):
+        dn.DeconvNet(small_config()).fit(bad)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, im in enumerate(images()):
+        Image.fromarray((im * 255).astype(np.uint8)).save(folder / f"p{i}.png")
+    f = np.full((20, 24), 0.5, dtype=np.float32)
+    f[1, 1] = np.inf
+    Image.fromarray(f, mode="F").save(folder / "float.tif")
+    with pytest.raises(ValueError, match=r"layer 1: input image 0 \(float.tif\) contains NaN or Inf"):
+        dn.DeconvNet(small_config()).fit([folder / "float.tif"])
+    assert main(["train", str(folder), "--out", str(tmp_path / "run"), "--quiet", "--no-report",
+                 *SETTINGS_CLI]) == 2
+    err = capsys.readouterr().err
+    assert "layer 1: input image" in err and "float.tif contains NaN or Inf" in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "model.json").exists()
+
+
+SETTINGS_CLI = ["--layers", "2", "--epochs", "1", "--set", "layer1.n_maps=4", "--set", "layer2.n_maps=10"]

@@ -110,9 +110,8 @@ def _usable_images(folder: Path, color: str, min_side: int, max_side: int | None
             small.append(im.shape[1:])
             skipped.append((p, _too_small(im.shape[1:], min_side, max_side, filter_size)))
             continue
-        if not np.isfinite(im).all():
-            skipped.append((p, "contains NaN or Inf"))
-            continue
+        if not np.isfinite(im).all():  # bad numbers stop the run: the data itself is wrong
+            raise UserError(f"layer 1: input image {p} contains NaN or Inf; fix or remove it (nothing was trained)")
         images.append(im)
         used.append(p)
     if small and not images:

@@ -61,13 +61,15 @@ def _to_chw(image, color: str, index: int, max_side: int | None = None) -> np.nd
     """One user image (path, ``(H, W)``, ``(H, W, 3|4)``) -> ``(C, H, W)`` float64; files are
     read at most ``max_side`` on a side, as the command line reads them."""
     if isinstance(image, (str, Path)):
-        return load_image(image, color, max_side)
-    try:
-        a = to_chw(image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image, color)
-    except ValueError as err:
-        raise ValueError(f"image {index}: {err}") from None
+        a, name = load_image(image, color, max_side), f"image {index} ({Path(image).name})"
+    else:
+        name = f"image {index}"
+        try:
+            a = to_chw(image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image, color)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
     if not np.isfinite(a).all():
-        raise ValueError(f"image {index} contains NaN or Inf")
+        raise ValueError(f"layer 1: input {name} contains NaN or Inf")
     return a
 
 
