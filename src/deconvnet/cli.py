@@ -477,7 +477,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--images", nargs="+", metavar="IMAGE", help="images to reconstruct (default: 3 training images)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("demo", help="train on scikit-image's sample photos and write a report (about 2 minutes)")
+    p = sub.add_parser("demo", help="train on scikit-image's sample photos and write a report (under a minute on 2 cores)")
     p.add_argument("--out", default="deconvnet-demo", metavar="DIR", help="run folder (default ./deconvnet-demo)")
     p.add_argument("--size", type=int, default=64, help="side of the square grey demo images (default 64)")
     p.add_argument("--maps3", type=int, default=150, help="layer-3 maps (default 150, as the paper)")
