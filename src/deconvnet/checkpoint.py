@@ -62,9 +62,13 @@ def fingerprint(config_json: str, inputs: list[torch.Tensor]) -> str:
 def _save_npy(path: Path, z: torch.Tensor) -> None:
     """Temporary file + rename (the fsync comes in :meth:`Checkpoint.write`, before a state names it)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, z.detach().to("cpu").contiguous().numpy(), allow_pickle=False)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            np.save(fh, z.detach().to("cpu").contiguous().numpy(), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class Checkpoint:
