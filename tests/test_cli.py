@@ -8,7 +8,6 @@ exit status 2 and exactly one stderr line starting with "deconvnet: error:", no 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -20,11 +19,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from skimage import data, io
 from skimage.transform import resize
 from skimage.util import img_as_ubyte
+from conftest import rewrite_model_consistently
 
 from deconvnet import cli
 from deconvnet.cli import main
@@ -426,21 +424,7 @@ def test_config_file_that_is_missing_or_a_folder(trained, tmp_path, capsys):
 
 # -------------------------------------------------------------- damaged model files
 def rewrite_model(run: Path, edit_doc=None, edit_tensors=None):
-    """Edit a saved model and recompute both cross-hashes, so that the loader's content checks
-    (not the hashes) meet the edit. NaN is written as JSON's non-standard NaN."""
-    doc = json.loads((run / "model.json").read_text())
-    tensors = st_load((run / "model.safetensors").read_bytes())
-    if edit_doc:
-        edit_doc(doc)
-    if edit_tensors:
-        edit_tensors(tensors)
-    doc.pop("weights_sha256")
-    canon = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    blob = st_save(tensors, metadata={"format": "deconvnet-model", "format_version": "1",
-                                      "json_sha256": hashlib.sha256(canon).hexdigest()})
-    (run / "model.safetensors").write_bytes(blob)
-    doc["weights_sha256"] = hashlib.sha256(blob).hexdigest()
-    (run / "model.json").write_text(json.dumps(doc))
+    rewrite_model_consistently(run, edit_doc, edit_tensors)
 
 
 MODEL_DAMAGE = {

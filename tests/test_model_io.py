@@ -24,6 +24,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 
+from conftest import rewrite_model_consistently
+
 from deconvnet.config import ConfigError, LayerConfig, NetConfig, load_config
 from deconvnet.model_io import FORMAT_VERSION, ModelFileError
 from deconvnet.network import DeconvNet
@@ -66,21 +68,7 @@ def refuse(path, match):
 
 
 def rewrite_consistently(run, edit_doc=None, edit_tensors=None):
-    """Edit the model and recompute both cross-hashes as the documented format says (sorted
-    keys, no weights_sha256 in the JSON hash), so only the content checks can object."""
-    doc = json.loads((run / "model.json").read_text())
-    tensors = st_load((run / "model.safetensors").read_bytes())
-    if edit_doc:
-        edit_doc(doc)
-    if edit_tensors:
-        edit_tensors(tensors)
-    doc.pop("weights_sha256", None)
-    canon = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    blob = st_save(tensors, metadata={"format": "deconvnet-model", "format_version": str(FORMAT_VERSION),
-                                      "json_sha256": hashlib.sha256(canon).hexdigest()})
-    (run / "model.safetensors").write_bytes(blob)
-    doc["weights_sha256"] = hashlib.sha256(blob).hexdigest()
-    (run / "model.json").write_text(json.dumps(doc))
+    rewrite_model_consistently(run, edit_doc, edit_tensors, str(FORMAT_VERSION))
 
 
 # ------------------------------------------------------------------ round trip
@@ -260,16 +248,7 @@ def test_nan_in_the_description(run):
 
 
 def test_weights_metadata_of_another_format_version(run):
-    rewrite_consistently(run)
-    tensors = st_load((run / "model.safetensors").read_bytes())
-    doc = json.loads((run / "model.json").read_text())
-    doc.pop("weights_sha256")
-    canon = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    blob = st_save(tensors, metadata={"format": "deconvnet-model", "format_version": "2",
-                                      "json_sha256": hashlib.sha256(canon).hexdigest()})
-    (run / "model.safetensors").write_bytes(blob)
-    doc["weights_sha256"] = hashlib.sha256(blob).hexdigest()
-    (run / "model.json").write_text(json.dumps(doc))
+    rewrite_model_consistently(run, format_version="2")
     refuse(run, "format_version '2' differs")
 
 

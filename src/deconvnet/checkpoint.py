@@ -71,6 +71,28 @@ def _save_npy(path: Path, z: torch.Tensor) -> None:
         raise
 
 
+def _fsync(path: Path, missing_ok: bool = True, errors_ok: bool = False) -> bool:
+    """Flush ``path`` (a file or a folder) to disk; ``False`` when it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        if missing_ok:
+            return False
+        raise
+    except OSError:
+        if errors_ok:
+            return False
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not errors_ok:
+            raise
+    finally:
+        os.close(fd)
+    return True
+
+
 class Checkpoint:
     """The checkpoint folder of one training run.
 
@@ -147,10 +169,13 @@ class Checkpoint:
         self._prune()
         return True
 
-    def write(self, force: bool = True) -> bool:
-        """Write the state when ``force`` or ``every`` seconds have passed; returns whether it did."""
-        if not force and time.monotonic() - self._last_write < self.every:
-            return False
+    def due(self) -> bool:
+        """Whether ``every`` seconds have passed since the last state was written."""
+        return time.monotonic() - self._last_write >= self.every
+
+    def write(self) -> None:
+        """Write the state (filters, position, which maps are current) atomically, after the
+        map files it names are on disk; then delete the map files it does not name."""
         for name, t in self.tensors.items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise FloatingPointError(f"not writing a checkpoint: {name} contains NaN or Inf")
@@ -163,32 +188,16 @@ class Checkpoint:
         atomic_write_bytes(self.path, blob)
         self._last_write = time.monotonic()
         self._prune()
-        return True
 
     def _sync_maps(self) -> None:
-        """``fsync`` the map files written since the last state, then their folders."""
+        """``fsync`` the map files written since the last state, then their folders (for the
+        renames; folders cannot be synced on every platform, which is then skipped)."""
         folders = set()
         for path in self._unsynced:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            folders.add(path.parent)
-        for d in folders:  # the renames themselves (POSIX; not possible on Windows)
-            try:
-                fd = os.open(d, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+            if _fsync(path):
+                folders.add(path.parent)
+        for d in folders:
+            _fsync(d, missing_ok=True, errors_ok=True)
         self._unsynced = []
 
     def _prune(self) -> None:

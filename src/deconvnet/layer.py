@@ -208,7 +208,7 @@ class DeconvLayer:
             maps.close()
             maps = ck.map_store(layer_index, versions, self.device, self.dtype)
 
-        def save_state(epoch, force):
+        def save_state(epoch):
             ck.state["current"] = {"layer": layer_index, "epoch": epoch, "pos": pos, "order": order, "sums": sums,
                                    "seconds": [spent[0] + time.perf_counter() - t_layer,
                                                spent[1] + time.perf_counter() - t0],
@@ -216,7 +216,7 @@ class DeconvLayer:
             ck.state.setdefault("maps", {})[str(layer_index)] = versions
             ck.tensors["current.filters"] = f
             ck.tensors["current.rng"] = gen.get_state()
-            return ck.write(force=force)
+            ck.write()
 
         t_layer = time.perf_counter()
         bar = None
@@ -258,8 +258,8 @@ class DeconvLayer:
                         versions[i] = epoch
                     maps.set(i, zj)
                 pos += 1
-                if ck is not None:
-                    save_state(epoch, force=False)
+                if ck is not None and ck.due():
+                    save_state(epoch)
                 if bar is not None:
                     done += len(idx)
                     bar.update(len(idx))
@@ -272,7 +272,7 @@ class DeconvLayer:
             if ck is not None:
                 t0 = time.perf_counter()
                 spent[1] = 0.0
-                save_state(epoch + 1, force=True)
+                save_state(epoch + 1)
         if bar is not None:
             bar.close()
         self.filters_ = f

@@ -276,7 +276,7 @@ class DeconvNet:
         ck.state["maps"].pop(str(i), None)  # layer i's maps (1-based i) were layer i+1's inputs
         if i + 1 == self.n_layers:
             ck.state["maps"].pop(str(i + 1), None)
-        ck.write(force=True)
+        ck.write()
 
     # ------------------------------------------------------------ inference
     def _infer_prepared(self, Y: list[torch.Tensor], upto: int) -> list[list[torch.Tensor]]:
