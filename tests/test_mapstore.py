@@ -50,3 +50,52 @@ def test_training_with_maps_on_disk_equals_in_memory(method):
 def test_bad_memory_limit():
     with pytest.raises(ValueError, match="map_memory_limit"):
         DeconvLayer(1, 2, 3, map_memory_limit=-1)
+
+
+def test_affine_maps_are_computed_when_read_from_a_store_on_disk(tmp_path):
+    from deconvnet.mapstore import AffineMaps
+
+    store = MapStore(3, total_bytes=10, memory_limit=0, folder=tmp_path)
+    gen = torch.Generator().manual_seed(0)
+    maps = [torch.randn(1, 2, 5, 6, generator=gen) for _ in range(3)]
+    for i, m in enumerate(maps):
+        store.set(i, m)
+    view = AffineMaps(store, 2.5, -0.5)
+    assert len(view) == 3
+    for i, m in enumerate(maps):
+        assert torch.equal(view[i], m * 2.5 - 0.5)
+    assert [t.shape for t in view[1:]] == [maps[1].shape, maps[2].shape]
+
+
+def test_chained_inputs_stay_lazy_and_give_the_same_filters(monkeypatch):
+    """Layer 2 trains on a lazy view of layer 1's maps (on disk with a zero memory limit), and
+    the filters equal those of the run with everything in memory."""
+    import deconvnet as dn
+    from deconvnet.config import apply_overrides
+    from deconvnet.mapstore import AffineMaps
+
+    cfg = apply_overrides(dn.preset("zeiler2010", 2), ["n_epochs=2", "layer1.n_maps=4", "layer2.n_maps=10"])
+    rng = np.random.default_rng(0)
+    ims = [rng.random((20, 22)) for _ in range(4)]
+    seen = []
+    real_fit = DeconvLayer.fit
+
+    def recording_fit(self, images, **kwargs):
+        seen.append(type(images))
+        return real_fit(self, images, **kwargs)
+
+    monkeypatch.setattr(DeconvLayer, "fit", recording_fit)
+    on_disk = dn.DeconvNet(cfg, map_memory_limit=0).fit(ims)
+    in_memory = dn.DeconvNet(cfg).fit(ims)
+    assert seen[1] is AffineMaps and seen[3] is AffineMaps
+    for a, b in zip(on_disk.layers_, in_memory.layers_, strict=True):
+        assert torch.equal(a.filters_, b.filters_)
+
+
+def test_a_lazy_input_with_nan_is_refused_by_index():
+    from deconvnet.mapstore import AffineMaps
+
+    maps = [torch.zeros(1, 2, 9, 9), torch.full((1, 2, 9, 9), float("nan"))]
+    layer = DeconvLayer(2, 3, 3, n_epochs=1)
+    with pytest.raises(ValueError, match=r"images\[1\] contains NaN or Inf"):
+        layer.fit(AffineMaps(maps, 1.0, 0.0))

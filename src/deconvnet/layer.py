@@ -11,6 +11,7 @@ renormalise every plane. ``fit`` learns ``filters_``; ``transform`` infers maps;
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from ._checks import BOUNDARIES, check_int, check_p, check_positive, map_size
 from .filters import FILTER_METHODS, init_filters, update_filters
 from .inference import METHODS, sparse_code
-from .mapstore import DEFAULT_MEMORY_LIMIT, MapStore
+from .mapstore import DEFAULT_MEMORY_LIMIT, AffineMaps, MapStore
 from .ops import as_connectivity, synthesize
 
 __all__ = ["DeconvLayer", "EpochRecord", "DivergenceError"]
@@ -45,6 +46,21 @@ class EpochRecord:
     penalty: float
     nonzero_fraction: float
     seconds: float
+
+
+class _OnDevice(Sequence):
+    """Items of a lazy sequence moved to a device and dtype when read; ``shapes`` are theirs."""
+
+    def __init__(self, items: Sequence, device, dtype, shapes: list[tuple]):
+        self.items, self.device, self.dtype, self.shapes = items, device, dtype, shapes
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        return self.items[i].to(device=self.device, dtype=self.dtype)
 
 
 class DeconvLayer:
@@ -121,9 +137,16 @@ class DeconvLayer:
         self._g = g
 
     # ---------------------------------------------------------------- helpers
-    def _images(self, images, name="images") -> list[torch.Tensor]:
-        """Accept ``(N, C, H, W)`` (numpy or torch) or a list of ``(C, H, W)``; return a list of
-        ``(1, C, H, W)`` tensors on the layer's device and dtype."""
+    def _images(self, images, name="images") -> Sequence:
+        """Accept ``(N, C, H, W)`` (numpy or torch), a list of ``(C, H, W)`` or an
+        :class:`~deconvnet.mapstore.AffineMaps`; return a sequence of ``(1, C, H, W)`` tensors
+        on the layer's device and dtype. An ``AffineMaps`` stays lazy: each item is read
+        once here to be checked, then again whenever training needs it."""
+        if isinstance(images, AffineMaps):
+            if not len(images):
+                raise ValueError(f"{name} is empty")
+            shapes = [tuple(self._check_image(images[i], i, name).shape) for i in range(len(images))]
+            return _OnDevice(images, self.device, self.dtype, shapes)
         if isinstance(images, (list, tuple)):
             items = [torch.as_tensor(np.asarray(im) if not isinstance(im, torch.Tensor) else im) for im in images]
             for i, im in enumerate(items):
@@ -137,18 +160,19 @@ class DeconvLayer:
             items = list(t.split(1))
         if not items:
             raise ValueError(f"{name} is empty")
+        return [self._check_image(im.to(device=self.device, dtype=self.dtype), i, name)
+                for i, im in enumerate(items)]
+
+    def _check_image(self, im: torch.Tensor, i: int, name: str) -> torch.Tensor:
+        """One ``(1, C, H, W)`` input: channels, size against the filters, finite values."""
         s = self.filter_size
-        out = []
-        for i, im in enumerate(items):
-            if im.shape[1] != self.in_channels:
-                raise ValueError(f"{name}[{i}] has {im.shape[1]} channels; this layer expects {self.in_channels}")
-            if self.boundary == "circular" and min(im.shape[2:]) < s:
-                raise ValueError(f"{name}[{i}] of size {tuple(im.shape[2:])} is smaller than the {s}x{s} filters")
-            im = im.to(device=self.device, dtype=self.dtype)
-            if not bool(torch.isfinite(im).all()):
-                raise ValueError(f"{name}[{i}] contains NaN or Inf")
-            out.append(im)
-        return out
+        if im.shape[1] != self.in_channels:
+            raise ValueError(f"{name}[{i}] has {im.shape[1]} channels; this layer expects {self.in_channels}")
+        if self.boundary == "circular" and min(im.shape[2:]) < s:
+            raise ValueError(f"{name}[{i}] of size {tuple(im.shape[2:])} is smaller than the {s}x{s} filters")
+        if not bool(torch.isfinite(im).all()):
+            raise ValueError(f"{name}[{i}] contains NaN or Inf")
+        return im
 
     def _batches(self, order: list[int], shapes: list[tuple]) -> list[list[int]]:
         """Consecutive chunks of ``batch_size`` indices, split where the image size changes."""
@@ -183,7 +207,7 @@ class DeconvLayer:
         f = init_filters(self.n_maps, self.in_channels, self.filter_size, self._g, seed=self.seed,
                          dtype=self.dtype, device=self.device)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        shapes = [tuple(x.shape) for x in X]
+        shapes = X.shapes if isinstance(X, _OnDevice) else [tuple(x.shape) for x in X]
         itemsize = torch.finfo(self.dtype).bits // 8
         total = sum(self.n_maps * int(np.prod(map_size(h, w, self.filter_size, self.boundary))) * itemsize
                     for (_, _, h, w) in shapes)
@@ -298,7 +322,7 @@ class DeconvLayer:
         if n_passes is None:
             n_passes = self.n_epochs if self.method == "continuation" else 1
         n_passes = check_int("n_passes", n_passes)
-        shapes = [tuple(x.shape) for x in X]
+        shapes = X.shapes if isinstance(X, _OnDevice) else [tuple(x.shape) for x in X]
         out: list[torch.Tensor | None] = [None] * len(X)
         for idx in self._batches(list(range(len(X))), shapes):
             y = torch.cat([X[i] for i in idx])

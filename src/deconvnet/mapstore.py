@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["MapStore", "DEFAULT_MEMORY_LIMIT"]
+__all__ = ["MapStore", "AffineMaps", "DEFAULT_MEMORY_LIMIT"]
 
 #: maps up to this many bytes in all stay in memory.
 DEFAULT_MEMORY_LIMIT = 2 * 1024 ** 3
@@ -76,3 +76,25 @@ class MapStore(Sequence):
             self._tmp.cleanup()
             self._tmp = None
             self._set = [False] * len(self._set)
+
+
+class AffineMaps(Sequence):
+    """``a * maps[i] + b``, computed when item ``i`` is read: the next layer's inputs in a
+    stack, without holding them all (the store may be on disk). Items are ``(1, K, H', W')``.
+
+    Args:
+        maps: a sequence of ``(1, K, H', W')`` tensors (a :class:`MapStore` or a list); it is
+            kept alive, with its files, while this view is.
+        a, b: the chaining affine map of :func:`~deconvnet.preprocess.rescale_affine`.
+    """
+
+    def __init__(self, maps: Sequence, a: float, b: float):
+        self.maps, self.a, self.b = maps, float(a), float(b)
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        return self.maps[i] * self.a + self.b

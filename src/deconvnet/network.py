@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from .config import NetConfig, preset
 from .connectivity import connectivity
 from .layer import DeconvLayer, DivergenceError, EpochRecord
-from .mapstore import DEFAULT_MEMORY_LIMIT
+from .mapstore import DEFAULT_MEMORY_LIMIT, AffineMaps
 from .ops import synthesize
 from .preprocess import load_image, preprocess, rescale_affine, resize_max_side, to_chw
 
@@ -226,11 +226,12 @@ class DeconvNet:
                 if i + 1 < self.n_layers:
                     a, b = rec["chain_affine"]
                     if i + 1 == len(finished):  # the next layer trains on this one's last maps
-                        Y = [ck.load_map(i + 1, j, layer.n_epochs, self.device, self.dtype) * a + b
-                             for j in range(len(Y))]
+                        versions = [layer.n_epochs] * len(Y)
+                        Y = AffineMaps(ck.map_store(i + 1, versions, self.device, self.dtype), a, b)
             else:
                 try:
-                    layer.fit([y[0] for y in Y], checkpoint=ck, layer_index=i + 1)
+                    layer.fit(Y if isinstance(Y, AffineMaps) else [y[0] for y in Y], checkpoint=ck,
+                              layer_index=i + 1)
                 except DivergenceError as err:
                     names = self._names(images, len(Y))
                     which = ", ".join(names[j] for j in err.images)
@@ -238,7 +239,7 @@ class DeconvNet:
                 a, b = (1.0, 0.0)
                 if i + 1 < self.n_layers:
                     a, b = rescale_affine(layer.maps_, self.config.scaling) if self.config.chain else (1.0, 0.0)
-                    Y = [m * a + b for m in layer.maps_]
+                    Y = AffineMaps(layer.maps_, a, b)  # read when needed: the maps may be on disk
                 if ck is not None:
                     self._checkpoint_layer(ck, i, layer, (a, b))
                 layer.maps_ = None  # the next layer holds what it needs; free the memory
