@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from ._files import atomic_write_bytes
+from .mapstore import MapSequence
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointMaps", "fingerprint"]
 
@@ -230,7 +230,7 @@ class Checkpoint:
         return [asdict(r) for r in history]
 
 
-class CheckpointMaps(Sequence):
+class CheckpointMaps(MapSequence):
     """A read-only list of ``(1, K, H', W')`` maps backed by the checkpoint's map files;
     ``versions[i]`` (shared with the training loop) names the current file of image ``i``.
     Quacks like :class:`~deconvnet.mapstore.MapStore`; :meth:`set` is a no-op because the
@@ -252,11 +252,6 @@ class CheckpointMaps(Sequence):
 
     def __len__(self) -> int:
         return len(self.versions)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self.get(j) for j in range(len(self))[i]]
-        return self.get(i)
 
     def close(self) -> None:
         """Nothing to do: the checkpoint owns the files."""

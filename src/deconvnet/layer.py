@@ -20,7 +20,7 @@ import torch
 from ._checks import BOUNDARIES, check_int, check_p, check_positive, map_size
 from .filters import FILTER_METHODS, init_filters, update_filters
 from .inference import METHODS, sparse_code
-from .mapstore import DEFAULT_MEMORY_LIMIT, AffineMaps, MapStore
+from .mapstore import DEFAULT_MEMORY_LIMIT, AffineMaps, MapSequence, MapStore
 from .ops import as_connectivity, synthesize
 
 __all__ = ["DeconvLayer", "EpochRecord", "DivergenceError"]
@@ -48,7 +48,7 @@ class EpochRecord:
     seconds: float
 
 
-class _OnDevice(Sequence):
+class _OnDevice(MapSequence):
     """Items of a lazy sequence moved to a device and dtype when read; ``shapes`` are theirs."""
 
     def __init__(self, items: Sequence, device, dtype, shapes: list[tuple]):
@@ -57,9 +57,7 @@ class _OnDevice(Sequence):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(len(self))[i]]
+    def get(self, i: int) -> torch.Tensor:
         return self.items[i].to(device=self.device, dtype=self.dtype)
 
 

@@ -18,13 +18,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["MapStore", "AffineMaps", "DEFAULT_MEMORY_LIMIT"]
+__all__ = ["MapStore", "MapSequence", "AffineMaps", "DEFAULT_MEMORY_LIMIT"]
 
 #: maps up to this many bytes in all stay in memory.
 DEFAULT_MEMORY_LIMIT = 2 * 1024 ** 3
 
 
-class MapStore(Sequence):
+class MapSequence(Sequence):
+    """A read-only sequence whose items come from ``get(i)`` (slices give lists)."""
+
+    def get(self, i: int):
+        raise NotImplementedError
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.get(j) for j in range(len(self))[i]]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} is out of range for {len(self)} items")
+        return self.get(i % len(self))
+
+
+class MapStore(MapSequence):
     """``n`` slots of maps, in memory when ``total_bytes <= memory_limit``, else on disk.
 
     Args:
@@ -65,11 +79,6 @@ class MapStore(Sequence):
     def __len__(self) -> int:
         return len(self._set)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self.get(j) for j in range(len(self))[i]]
-        return self.get(i)
-
     def close(self) -> None:
         """Delete the files (a no-op in memory)."""
         if self._tmp is not None:
@@ -78,7 +87,7 @@ class MapStore(Sequence):
             self._set = [False] * len(self._set)
 
 
-class AffineMaps(Sequence):
+class AffineMaps(MapSequence):
     """``a * maps[i] + b``, computed when item ``i`` is read: the next layer's inputs in a
     stack, without holding them all (the store may be on disk). Items are ``(1, K, H', W')``.
 
@@ -94,7 +103,5 @@ class AffineMaps(Sequence):
     def __len__(self) -> int:
         return len(self.maps)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(len(self))[i]]
+    def get(self, i: int) -> torch.Tensor:
         return self.maps[i] * self.a + self.b
