@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 import torch
-from common import camera_problem, environment
+from common import camera_problem, environment, parse
 
 import deconvnet as dn
 
@@ -86,12 +86,7 @@ def run_sporco(kind, y, f, n_iter, device):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ladder", default="10,20,40,80,160,320")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(ap, device=True, json=True)
     ladder = [int(v) for v in args.ladder.split(",")]
     y, f = camera_problem()
     solvers = [("deconvnet", "fista", run_ours), ("deconvnet", "admm", run_ours)]

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 import torch
-from common import environment, highpass
+from common import environment, highpass, parse
 from skimage import data
 from skimage.color import rgb2gray
 from skimage.transform import resize
@@ -100,12 +100,8 @@ def main() -> None:
     ap.add_argument("--filter-iters", type=int, default=10)
     ap.add_argument("--sporco-iters", type=int, default=100)
     ap.add_argument("--no-sporco", action="store_true", help="time deconvnet only")
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(ap, device=False, json=True)
     X = images()
     rows = []
     try:

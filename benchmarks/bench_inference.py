@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import torch
-from common import camera_problem
+from common import camera_problem, parse
 
 import deconvnet as dn
 
@@ -64,12 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(ap, device=True, json=True)
     y, f = problem(device=args.device)
     lam = 20.0
     rows = [time_method(y, f, lam=lam, method=m, boundary=b, iters=args.iters, repeat=args.repeat, device=args.device)

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import environment
+from common import environment, parse
 
 import deconvnet as dn
 from deconvnet.ops import ConvOperator
@@ -58,12 +58,8 @@ def case(name, K, C, s, H, g, repeat, device):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=20)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(ap, device=True, json=False)
     dev = args.device
     rows = [case("coding: 36 maps, 8x8, 256x256", 36, 1, 8, 256, None, args.repeat, dev)]
     g3 = dn.connectivity("random-pairs", 150, 45, seed=3)

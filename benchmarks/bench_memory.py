@@ -18,8 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from common import environment
+from common import environment, parse
 
 import deconvnet as dn
 
@@ -33,13 +32,10 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--max-iter", type=int, default=30)
     ap.add_argument("--limit-gb", type=float, default=2.0)
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args()
+    args = parse(ap, device=False, json=False)
     if not Path(args.images).is_dir():
         print(f"error: {args.images} is not a folder of images", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = dn.apply_overrides(dn.preset("fast", 1), [f"n_maps={args.maps}", "max_side=none",
                                                     f"n_epochs={args.epochs}", f"max_iter={args.max_iter}"])
     net = dn.DeconvNet(cfg)

@@ -17,8 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from common import environment
+from common import environment, parse
 
 import deconvnet as dn
 
@@ -30,15 +29,10 @@ def main() -> int:
     ap.add_argument("images", nargs="?", default=str(DEFAULT))
     ap.add_argument("--preset", default="zeiler2010", choices=sorted(dn.config.PRESETS))
     ap.add_argument("--layers", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    args = parse(ap, device=True, json=True)
     if not Path(args.images).is_dir():
         print(f"error: {args.images} is not a folder of images", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     net = dn.DeconvNet(dn.preset(args.preset, args.layers), device=args.device)
     t0 = time.perf_counter()
     net.fit(args.images)

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import torch
-from common import environment, highpass
+from common import environment, highpass, parse
 from skimage import data
 
 import deconvnet as dn
@@ -62,13 +62,8 @@ def main() -> None:
     ap.add_argument("--side-maps", type=int, default=36)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--plot", default=None)
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(ap, device=True, json=True)
     sides = [int(v) for v in args.sides.split(",")]
     maps = [int(v) for v in args.maps.split(",")]
     out = {"env": environment(args.device), "sides": {}, "maps": {}}

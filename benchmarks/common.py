@@ -29,6 +29,20 @@ def camera_problem(side: int = 256, n_filters: int = 36, s: int = 8, seed: int =
     return y, f
 
 
+def parse(ap, *, device: bool = True, json: bool = True):
+    """Add the options every benchmark shares (``--threads``, and ``--device`` / ``--json``
+    when asked), parse the command line and apply ``--threads``; returns the arguments."""
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    if device:
+        ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    if json:
+        ap.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
 def environment(device: str = "cpu") -> dict:
     env = {"deconvnet": dn.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "device": device, "machine": platform.processor() or platform.machine(), "python": platform.python_version()}

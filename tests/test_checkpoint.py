@@ -262,7 +262,7 @@ def test_a_full_disk_while_checkpointing_stops_with_one_line_and_the_run_resumes
     last checkpoint intact; once there is space, --resume ends with the uninterrupted filters."""
     import errno
 
-    import deconvnet.checkpoint as ck_mod
+    import deconvnet._files as files_mod
     from deconvnet.cli import main
 
     folder = tmp_path / "photos"
@@ -272,23 +272,23 @@ def test_a_full_disk_while_checkpointing_stops_with_one_line_and_the_run_resumes
     args = ["--quiet", "--no-report", "--layers", "2", "--epochs", "2", "--set", "layer1.n_maps=4",
             "--set", "layer2.n_maps=10", "--checkpoint-every", "0"]
     assert main(["train", str(folder), "--out", str(tmp_path / "ref"), *args]) == 0
-    real_save = ck_mod.np.save
+    real_replace = files_mod.os.replace
     calls = {"n": 0}
 
-    def full_disk(fh, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 13:  # layer 2, epoch 1
-            fh.write(b"\x93NUMPY partial")
-            raise OSError(errno.ENOSPC, "No space left on device", str(fh.name))
-        return real_save(fh, *a, **k)
+    def full_disk(src, dst):
+        if str(dst).endswith(".npy"):
+            calls["n"] += 1
+            if calls["n"] == 13:  # layer 2, epoch 1: the temporary map file is written, the rename fails
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
 
-    monkeypatch.setattr(ck_mod.np, "save", full_disk)
+    monkeypatch.setattr(files_mod.os, "replace", full_disk)
     run = tmp_path / "run"
     capsys.readouterr()
     assert main(["train", str(folder), "--out", str(run), *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err
     assert not list(run.rglob("*.tmp")) and not (run / "model.json").exists()
-    monkeypatch.setattr(ck_mod.np, "save", real_save)
+    monkeypatch.setattr(files_mod.os, "replace", real_replace)
     assert main(["train", "--resume", str(run), *args[:2], "--checkpoint-every", "0"]) == 0
     assert_same_filters(filters(dn.DeconvNet.load(run)), filters(dn.DeconvNet.load(tmp_path / "ref")))

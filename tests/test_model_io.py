@@ -67,6 +67,14 @@ def refuse(path, match):
     return info.value
 
 
+def vouch_for_weights(run):
+    """Point model.json's weights hash at whatever model.safetensors now holds (the JSON's
+    own hash in the weights is left as it is)."""
+    doc = json.loads((run / "model.json").read_text())
+    doc["weights_sha256"] = hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
+    (run / "model.json").write_text(json.dumps(doc))
+
+
 def rewrite_consistently(run, edit_doc=None, edit_tensors=None):
     rewrite_model_consistently(run, edit_doc, edit_tensors, str(FORMAT_VERSION))
 
@@ -215,18 +223,14 @@ def test_foreign_safetensors(run, tmp_path):
     save_file({"weight": torch.zeros(3, 3), "bias": torch.ones(3)}, str(run / "model.safetensors"))
     refuse(run, "does not match")
     # and with the description pointing at it, the missing metadata gives it away
-    doc = json.loads((run / "model.json").read_text())
-    doc["weights_sha256"] = hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
-    (run / "model.json").write_text(json.dumps(doc))
+    vouch_for_weights(run)
     refuse(run, "not a deconvnet-model weights file")
 
 
 def test_garbage_weights_that_the_description_vouches_for(run):
     blob = b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header!!}" + bytes(40)
     (run / "model.safetensors").write_bytes(blob)
-    doc = json.loads((run / "model.json").read_text())
-    doc["weights_sha256"] = hashlib.sha256(blob).hexdigest()
-    (run / "model.json").write_text(json.dumps(doc))
+    vouch_for_weights(run)
     refuse(run, "safetensors")
 
 
@@ -236,9 +240,7 @@ def test_mismatched_pair(run, tmp_path):
     shutil.copy(tmp_path / "b" / "model.safetensors", run / "model.safetensors")
     refuse(run, "another model")
     # description updated to vouch for the other weights: the weights' JSON hash objects
-    doc = json.loads((run / "model.json").read_text())
-    doc["weights_sha256"] = hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
-    (run / "model.json").write_text(json.dumps(doc))
+    vouch_for_weights(run)
     refuse(run, "another model")
 
 

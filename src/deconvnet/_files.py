@@ -16,8 +16,10 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path, data: bytes) -> Path:
+def atomic_write_bytes(path, data: bytes, fsync: bool = True) -> Path:
     """Write ``data`` to ``path`` via a temporary file and ``os.replace``; return ``path``.
+
+    ``fsync=False`` leaves flushing to the caller (checkpoints flush many files at once).
 
     On failure the temporary file is removed and the ``OSError`` names ``path`` (not the
     temporary name), so that a one-line message says which file could not be written.
@@ -32,7 +34,8 @@ def atomic_write_bytes(path, data: bytes) -> Path:
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)

@@ -26,6 +26,7 @@ with the same filters.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -61,24 +62,18 @@ def fingerprint(config_json: str, inputs: list[torch.Tensor]) -> str:
 
 def _save_npy(path: Path, z: torch.Tensor) -> None:
     """Temporary file + rename (the fsync comes in :meth:`Checkpoint.write`, before a state names it)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, z.detach().to("cpu").contiguous().numpy(), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    np.save(buf, z.detach().to("cpu").contiguous().numpy(), allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue(), fsync=False)
 
 
-def _fsync(path: Path, missing_ok: bool = True, errors_ok: bool = False) -> bool:
-    """Flush ``path`` (a file or a folder) to disk; ``False`` when it does not exist."""
+def _fsync(path: Path, errors_ok: bool = False) -> bool:
+    """Flush ``path`` (a file or a folder) to disk; ``False`` when it does not exist (or, with
+    ``errors_ok``, cannot be opened or flushed)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        if missing_ok:
-            return False
-        raise
+        return False
     except OSError:
         if errors_ok:
             return False
@@ -197,7 +192,7 @@ class Checkpoint:
             if _fsync(path):
                 folders.add(path.parent)
         for d in folders:
-            _fsync(d, missing_ok=True, errors_ok=True)
+            _fsync(d, errors_ok=True)
         self._unsynced = []
 
     def _prune(self) -> None:

@@ -49,10 +49,10 @@ class EpochRecord:
 
 
 class _OnDevice(MapSequence):
-    """Items of a lazy sequence moved to a device and dtype when read; ``shapes`` are theirs."""
+    """Items of a lazy sequence moved to a device and dtype when read."""
 
-    def __init__(self, items: Sequence, device, dtype, shapes: list[tuple]):
-        self.items, self.device, self.dtype, self.shapes = items, device, dtype, shapes
+    def __init__(self, items: Sequence, device, dtype):
+        self.items, self.device, self.dtype = items, device, dtype
 
     def __len__(self) -> int:
         return len(self.items)
@@ -135,16 +135,16 @@ class DeconvLayer:
         self._g = g
 
     # ---------------------------------------------------------------- helpers
-    def _images(self, images, name="images") -> Sequence:
+    def _images(self, images, name="images") -> tuple[Sequence, list[tuple]]:
         """Accept ``(N, C, H, W)`` (numpy or torch), a list of ``(C, H, W)`` or an
         :class:`~deconvnet.mapstore.AffineMaps`; return a sequence of ``(1, C, H, W)`` tensors
-        on the layer's device and dtype. An ``AffineMaps`` stays lazy: each item is read
-        once here to be checked, then again whenever training needs it."""
+        on the layer's device and dtype, and their shapes. An ``AffineMaps`` stays lazy: each
+        item is read once here to be checked, then again whenever training needs it."""
         if isinstance(images, AffineMaps):
             if not len(images):
                 raise ValueError(f"{name} is empty")
             shapes = [tuple(self._check_image(images[i], i, name).shape) for i in range(len(images))]
-            return _OnDevice(images, self.device, self.dtype, shapes)
+            return _OnDevice(images, self.device, self.dtype), shapes
         if isinstance(images, (list, tuple)):
             items = [torch.as_tensor(np.asarray(im) if not isinstance(im, torch.Tensor) else im) for im in images]
             for i, im in enumerate(items):
@@ -158,8 +158,8 @@ class DeconvLayer:
             items = list(t.split(1))
         if not items:
             raise ValueError(f"{name} is empty")
-        return [self._check_image(im.to(device=self.device, dtype=self.dtype), i, name)
-                for i, im in enumerate(items)]
+        X = [self._check_image(im.to(device=self.device, dtype=self.dtype), i, name) for i, im in enumerate(items)]
+        return X, [tuple(x.shape) for x in X]
 
     def _check_image(self, im: torch.Tensor, i: int, name: str) -> torch.Tensor:
         """One ``(1, C, H, W)`` input: channels, size against the filters, finite values."""
@@ -201,11 +201,10 @@ class DeconvLayer:
         written to it as it goes, and a state it holds for layer ``layer_index`` is resumed.
         Raises :class:`DivergenceError` when maps or filters become NaN or Inf.
         """
-        X = self._images(images)
+        X, shapes = self._images(images)
         f = init_filters(self.n_maps, self.in_channels, self.filter_size, self._g, seed=self.seed,
                          dtype=self.dtype, device=self.device)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        shapes = X.shapes if isinstance(X, _OnDevice) else [tuple(x.shape) for x in X]
         itemsize = torch.finfo(self.dtype).bits // 8
         total = sum(self.n_maps * int(np.prod(map_size(h, w, self.filter_size, self.boundary))) * itemsize
                     for (_, _, h, w) in shapes)
@@ -316,11 +315,10 @@ class DeconvLayer:
         as many times as training did), 1 for the methods that solve to a tolerance.
         """
         self._check_fitted()
-        X = self._images(images)
+        X, shapes = self._images(images)
         if n_passes is None:
             n_passes = self.n_epochs if self.method == "continuation" else 1
         n_passes = check_int("n_passes", n_passes)
-        shapes = X.shapes if isinstance(X, _OnDevice) else [tuple(x.shape) for x in X]
         out: list[torch.Tensor | None] = [None] * len(X)
         for idx in self._batches(list(range(len(X))), shapes):
             y = torch.cat([X[i] for i in idx])

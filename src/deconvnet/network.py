@@ -135,7 +135,7 @@ class DeconvNet:
             filter_method=lc.filter_method, filter_iters=lc.filter_iters, max_iter=lc.max_iter, tol=lc.tol,
             beta0=lc.beta0, beta_inc=lc.beta_inc, n_beta=lc.n_beta, n_cg=lc.n_cg, seed=self.config.seed + index + 1,
             device=self.device, dtype=self.dtype, progress=self.progress,
-            map_memory_limit=getattr(self, "map_memory_limit", DEFAULT_MEMORY_LIMIT))
+            map_memory_limit=self.map_memory_limit)
 
     def _tables(self) -> list[np.ndarray]:
         """Each layer's ``(K, C)`` connectivity, drawn from its kind and seed."""
@@ -205,7 +205,7 @@ class DeconvNet:
         ck = None
         if checkpoint is not None:
             ck = Checkpoint(checkpoint, checkpoint_every)
-            fp = fingerprint(self.config.to_json() + repr(self.input_affine_), Y)
+            fp = fingerprint(self.config.to_json(), Y)  # Y has the fitted input affine applied
             if not ck.load(fp):
                 ck.state = {"fingerprint": fp, "finished": [], "maps": {}}
         finished = ck.state["finished"] if ck is not None else []
