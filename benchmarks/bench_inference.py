@@ -32,7 +32,7 @@ def problem(side: int = 256, n_filters: int = 36, s: int = 8, seed: int = 0, dty
 
 def time_method(y, f, *, lam, method, boundary, iters, repeat, device):
     """Best and median wall time per iteration over ``repeat`` runs of ``iters`` iterations."""
-    kw = dict(lam=lam, method=method, boundary=boundary)
+    kw = dict(lam=lam, method=method, boundary=boundary, flush_denormals=method == "fista")  # as DeconvLayer
     if method == "continuation":
         kw.update(n_beta=max(1, iters // 2), beta_inc=1.5)  # 2 CG iterations per beta step
     else:

@@ -1,4 +1,4 @@
-"""The allocator setting of ``deconvnet._malloc``, on and off, side by side: seconds per solve
+"""The allocator setting of ``deconvnet.runtime``, on and off, side by side: seconds per solve
 and peak resident memory of a process running each case.
 
     python benchmarks/bench_malloc.py [--threads 2] [--reps 5] [--json out.json]
@@ -23,10 +23,10 @@ CHILD = r"""
 import json, resource, sys, time
 import torch
 import deconvnet as dn
-from deconvnet import _malloc
 from deconvnet.connectivity import connectivity
 case, threads, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
+dn.runtime.configure()
 gen = torch.Generator().manual_seed(0)
 if case == "layer3":
     K, C, s, H = 150, 45, 7, 112
@@ -37,21 +37,21 @@ if case == "layer3":
 elif case == "bsds":
     f = dn.init_filters(64, 1, 7, seed=1)
     y = torch.randn(1, 1, 321, 481, generator=gen)
-    kw = dict(lam=1.0, method="fista", max_iter=30, tol=1e-12)
+    kw = dict(lam=1.0, method="fista", max_iter=30, tol=1e-12, flush_denormals=True)
 else:
     sys.path.insert(0, sys.argv[4])
     from common import camera_problem
     yn, fn = camera_problem()
     y = torch.from_numpy(yn).float()[None, None]
     f = torch.from_numpy(fn).float()[:, None]
-    kw = dict(lam=20.0, method="fista", boundary="circular", max_iter=100, tol=1e-12)
+    kw = dict(lam=20.0, method="fista", boundary="circular", max_iter=100, tol=1e-12, flush_denormals=True)
 dn.sparse_code(y, f, **kw)
 times = []
 for _ in range(reps):
     t0 = time.perf_counter()
     dn.sparse_code(y, f, **kw)
     times.append(time.perf_counter() - t0)
-print(json.dumps({"tuned": _malloc.tuned(), "times": times,
+print(json.dumps({"tuned": dn.runtime.allocator_tuned(), "times": times,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 

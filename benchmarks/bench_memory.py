@@ -13,6 +13,7 @@ inputs, as the ``fast`` preset), filters updated per mini-batch of 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import sys
 import time
@@ -41,8 +42,8 @@ def main() -> int:
     net = dn.DeconvNet(cfg)
     t0 = time.perf_counter()
     Y = net.prepare(args.images, fit_affine=True)
-    layer = net._make_layer(0, cfg.in_channels, None)
-    layer.map_memory_limit = args.limit_gb * 1024 ** 3
+    params = {k: v for k, v in dataclasses.asdict(cfg.layers[0]).items() if k != "connectivity"}
+    layer = dn.DeconvLayer(cfg.in_channels, **params, seed=cfg.seed + 1, map_memory_limit=args.limit_gb * 1024 ** 3)
     map_bytes = sum(args.maps * (y.shape[2] + 6) * (y.shape[3] + 6) * 4 for y in Y)
     layer.fit([y[0] for y in Y])
     seconds = time.perf_counter() - t0

@@ -31,7 +31,8 @@ def camera_problem(side: int = 256, n_filters: int = 36, s: int = 8, seed: int =
 
 def parse(ap, *, device: bool = True, json: bool = True):
     """Add the options every benchmark shares (``--threads``, and ``--device`` / ``--json``
-    when asked), parse the command line and apply ``--threads``; returns the arguments."""
+    when asked), parse the command line, apply ``--threads`` and the library's process-wide
+    settings (:func:`deconvnet.runtime.configure`); returns the arguments."""
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     if device:
         ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -40,6 +41,7 @@ def parse(ap, *, device: bool = True, json: bool = True):
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    dn.runtime.configure()  # a benchmark is an entry point: the library's process-wide settings
     return args
 
 

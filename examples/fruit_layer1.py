@@ -26,7 +26,7 @@ import torch
 
 import deconvnet as dn
 from deconvnet.plotting import save_filter_grid
-from deconvnet.preprocess import load_folder, local_contrast_normalize, rescale_dataset
+from deconvnet.preprocess import local_contrast_normalize, rescale_dataset
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fruit"
 
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     try:
-        images, paths = load_folder(args.folder, color="gray")
+        images = dn.read_images(args.folder, color="gray")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     Y = layer.inverse_transform(Z).numpy()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_filter_grid(layer.filters_, args.out, zoom=12, ncols=9)
-    print(f"images: {len(paths)} from {args.folder}, {X.shape[2]}x{X.shape[3]} after contrast normalisation")
+    print(f"images: {len(images)} from {args.folder}, {X.shape[2]}x{X.shape[3]} after contrast normalisation")
     print(f"layer: 9 maps, 7x7, method={args.method}, lam={args.lam}, p={args.p}, {args.epochs} epochs, "
           f"{seconds:.1f} s on {torch.get_num_threads()} threads")
     print(f"reconstruction SNR: {snr_db(X, Y):.2f} dB")

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 import deconvnet as dn
-from deconvnet.filters import init_filters
 
 
 def summary(run: Path) -> list[str]:
@@ -23,7 +22,8 @@ def summary(run: Path) -> list[str]:
     files = json.loads((run / "run.json").read_text())["files"]
     rows = []
     for i, layer in enumerate(net.layers_, start=1):
-        f0 = init_filters(layer.n_maps, layer.in_channels, layer.filter_size, layer._g, seed=net.config.seed + i)
+        f0 = dn.init_filters(layer.n_maps, layer.in_channels, layer.filter_size, layer.connectivity_,
+                             seed=net.config.seed + i)
         cos = (f0 * layer.filters_).sum((-1, -2))[layer.connectivity_].abs().mean().item()
         recon, target = net.reconstruct(files, i)
         snr = np.mean([dn.snr_db(t, r) for t, r in zip(target, recon)])

@@ -27,14 +27,16 @@ __version__ = "0.1.0"
 from .config import ConfigError, LayerConfig, NetConfig, apply_overrides, load_config, preset
 from .connectivity import connectivity
 from .filters import init_filters, normalize_planes, update_filters
-from .inference import IterationRecord, Objective, SparseCode, objective, sparse_code
+from .solvers import IterationRecord, Objective, SparseCode, objective, sparse_code
+from .solvers.prox import shrink, shrink_threshold
 from .checkpoint import CheckpointError
-from .layer import DeconvLayer, DivergenceError, EpochRecord
+from .train import DivergenceError, EpochRecord
+from .layer import DeconvLayer
 from .model_io import ModelFileError
 from .network import DeconvNet, snr_db
 from .ops import ConvOperator, MapOperator, filter_gradient, synthesize, synthesize_adjoint
-from .preprocess import ImageReadError
-from .shrinkage import shrink, shrink_threshold
+from .images import ImageReadError, ImageSet, read_folder, read_images
+from . import runtime
 
 __all__ = [
     "ConfigError",
@@ -50,6 +52,9 @@ __all__ = [
     "DeconvLayer",
     "DivergenceError",
     "ImageReadError",
+    "ImageSet",
+    "read_folder",
+    "read_images",
     "load_config",
     "MapOperator",
     "CheckpointError",
@@ -67,4 +72,5 @@ __all__ = [
     "synthesize",
     "synthesize_adjoint",
     "update_filters",
+    "runtime",
 ]

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-BOUNDARIES = ("valid", "circular")
+from .config import BOUNDARIES
 
 
 def check_boundary(boundary: str) -> str:

@@ -16,6 +16,12 @@ A checkpoint folder holds
     maps; a new state is written only after the maps it names, and the versions it does not
     name are deleted afterwards (and on resume, where they are newer than the state).
 
+The state is typed: a :class:`RunState` (fingerprint, :class:`FinishedLayer` records, the map
+versions) and, for the layer in progress, its :class:`~deconvnet.train.TrainState`; the
+JSON document is written from them and read back into them, never handled as a free dict.
+:meth:`Checkpoint.hook` is the :class:`~deconvnet.train.TrainHooks` that keeps it current
+while a layer trains.
+
 State is written after the batch in which ``every`` seconds have passed since the last
 write, at the end of every epoch and at the end of every layer. Training resumed from a
 state continues with exactly the numbers an uninterrupted run would have had at that point
@@ -31,19 +37,20 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ._files import atomic_write_bytes
-from .mapstore import MapSequence
+from .mapstore import MapSequence, MapStore
+from .train import EpochRecord, EpochSums, LayerFit, TrainHooks, TrainState
 
-__all__ = ["Checkpoint", "CheckpointError", "CheckpointMaps", "fingerprint"]
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointMaps", "FinishedLayer", "RunState", "fingerprint"]
 
 FORMAT = "deconvnet-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STATE = "state.safetensors"
 
 
@@ -88,6 +95,67 @@ def _fsync(path: Path, errors_ok: bool = False) -> bool:
     return True
 
 
+@dataclass
+class FinishedLayer:
+    """A layer trained to the end: its history, training seconds, per-map activity and the
+    chaining affine ``(a, b)`` that maps its maps to the next layer's inputs (its filters are
+    the tensor ``layer{l}.filters``)."""
+
+    history: list[EpochRecord]
+    seconds: float
+    map_activity: list[float]
+    chain_affine: tuple[float, float]
+
+
+@dataclass
+class RunState:
+    """Where a run stands: its ``fingerprint``, the ``finished`` layers (bottom first), the
+    1-based ``layer`` in progress with its :class:`~deconvnet.train.TrainState` (``None``
+    between layers), and the saved version (epoch) of every image's maps per layer (0 = none)."""
+
+    fingerprint: str
+    finished: list[FinishedLayer] = field(default_factory=list)
+    layer: int | None = None
+    current: TrainState | None = None
+    maps: dict[int, list[int]] = field(default_factory=dict)
+
+    # --------------------------------------------------------- JSON + tensors
+    def to_document(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The JSON document and the tensors of this state."""
+        doc = {"fingerprint": self.fingerprint, "maps": {str(k): v for k, v in self.maps.items()},
+               "finished": [{"history": [asdict(r) for r in f.history], "seconds": f.seconds,
+                             "map_activity": f.map_activity, "chain_affine": list(f.chain_affine)}
+                            for f in self.finished],
+               "current": None}
+        tensors = {}
+        if self.current is not None:
+            c = self.current
+            doc["current"] = {"layer": self.layer, "epoch": c.epoch, "batches_done": c.batches_done,
+                              "order": c.order, "sums": asdict(c.sums), "history": [asdict(r) for r in c.history],
+                              "seconds": c.seconds, "epoch_seconds": c.epoch_seconds}
+            tensors = {"current.filters": c.filters, "current.rng": c.rng.get_state()}
+        return doc, tensors
+
+    @classmethod
+    def from_document(cls, doc: dict, tensors: dict[str, torch.Tensor]) -> "RunState":
+        """Read back :meth:`to_document`; ``KeyError``/``TypeError``/``ValueError`` when it is not one."""
+        state = cls(str(doc["fingerprint"]), maps={int(k): [int(e) for e in v] for k, v in doc["maps"].items()})
+        for f in doc["finished"]:
+            state.finished.append(FinishedLayer([EpochRecord(**r) for r in f["history"]], float(f["seconds"]),
+                                                [float(v) for v in f["map_activity"]],
+                                                (float(f["chain_affine"][0]), float(f["chain_affine"][1]))))
+        c = doc["current"]
+        if c is not None:
+            rng = torch.Generator(device="cpu")
+            rng.set_state(tensors["current.rng"])
+            state.layer = int(c["layer"])
+            state.current = TrainState(tensors["current.filters"], rng, int(c["epoch"]), int(c["batches_done"]),
+                                       None if c["order"] is None else [int(i) for i in c["order"]],
+                                       EpochSums(**c["sums"]), [EpochRecord(**r) for r in c["history"]],
+                                       float(c["seconds"]), float(c["epoch_seconds"]))
+        return state
+
+
 class Checkpoint:
     """The checkpoint folder of one training run.
 
@@ -95,6 +163,10 @@ class Checkpoint:
         folder: where the state and the maps go (created when first written).
         every: seconds between state writes inside an epoch (epoch and layer ends always
             write one); 0 writes after every batch.
+
+    Attributes:
+        run: the :class:`RunState` (after :meth:`open`).
+        filters: the filters of the finished layers, ``{layer: (K, C, s, s)}`` (1-based).
     """
 
     def __init__(self, folder, every: float = 120.0):
@@ -102,8 +174,8 @@ class Checkpoint:
             raise ValueError(f"checkpoint_every={every!r} must be a number of seconds >= 0")
         self.folder = Path(folder)
         self.every = float(every)
-        self.state: dict = {}
-        self.tensors: dict[str, torch.Tensor] = {}
+        self.run = RunState("")
+        self.filters: dict[int, torch.Tensor] = {}
         self._last_write = time.monotonic()
         self._unsynced: list[Path] = []
 
@@ -138,31 +210,36 @@ class Checkpoint:
         return torch.from_numpy(a).to(device=device, dtype=dtype)
 
     # ----------------------------------------------------------------- state
-    def load(self, fp: str) -> bool:
-        """Read the state if there is one; ``False`` when there is none. Raises
-        :class:`CheckpointError` when it is unreadable or its fingerprint is not ``fp``."""
+    def open(self, fp: str) -> RunState:
+        """The run state saved here for the run of fingerprint ``fp``, or a fresh one when there
+        is none. Raises :class:`CheckpointError` when it is unreadable or of another run."""
+        self.run = RunState(fp)
         if not self.exists():
-            return False
+            return self.run
         from safetensors import safe_open  # noqa: PLC0415
 
         try:
             with safe_open(str(self.path), framework="pt") as fh:
                 meta = fh.metadata() or {}
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-            state = json.loads(meta.get("state", "null"))
+            doc = json.loads(meta.get("state", "null"))
         except Exception as err:  # safetensors raises several types for damaged files
             raise CheckpointError(f"{self.path}: unreadable checkpoint ({type(err).__name__}: {err})") from None
-        if meta.get("format") != FORMAT or not isinstance(state, dict):
+        if meta.get("format") != FORMAT or not isinstance(doc, dict):
             raise CheckpointError(f"{self.path}: not a deconvnet checkpoint")
         if meta.get("format_version") != str(FORMAT_VERSION):
             raise CheckpointError(f"{self.path}: checkpoint format {meta.get('format_version')!r}; "
                                   f"this deconvnet reads format {FORMAT_VERSION}")
-        if state.get("fingerprint") != fp:
+        if doc.get("fingerprint") != fp:
             raise CheckpointError(f"{self.folder}: this checkpoint belongs to another run (its configuration or "
                                   "its images differ from the ones given)")
-        self.state, self.tensors = state, tensors
+        try:
+            self.run = RunState.from_document(doc, tensors)
+            self.filters = {i: tensors[f"layer{i}.filters"] for i in range(1, len(self.run.finished) + 1)}
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+            raise CheckpointError(f"{self.path}: damaged checkpoint state ({type(err).__name__}: {err})") from None
         self._prune()
-        return True
+        return self.run
 
     def due(self) -> bool:
         """Whether ``every`` seconds have passed since the last state was written."""
@@ -171,15 +248,17 @@ class Checkpoint:
     def write(self) -> None:
         """Write the state (filters, position, which maps are current) atomically, after the
         map files it names are on disk; then delete the map files it does not name."""
-        for name, t in self.tensors.items():
+        doc, tensors = self.run.to_document()
+        tensors.update({f"layer{i}.filters": f for i, f in self.filters.items()})
+        for name, t in tensors.items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise FloatingPointError(f"not writing a checkpoint: {name} contains NaN or Inf")
         from safetensors.torch import save  # noqa: PLC0415
 
         self.folder.mkdir(parents=True, exist_ok=True)
         self._sync_maps()  # the map files the state names reach the disk before the state does
-        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "state": json.dumps(self.state)}
-        blob = save({k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}, metadata=meta)
+        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "state": json.dumps(doc)}
+        blob = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=meta)
         atomic_write_bytes(self.path, blob)
         self._last_write = time.monotonic()
         self._prune()
@@ -198,10 +277,10 @@ class Checkpoint:
     def _prune(self) -> None:
         """Delete map files no state names (older versions, or newer ones from after a crash)."""
         keep = set()
-        for layer, versions in self.state.get("maps", {}).items():
+        for layer, versions in self.run.maps.items():
             for i, epoch in enumerate(versions):
                 if epoch:
-                    keep.add(self.map_path(int(layer), i, int(epoch)))
+                    keep.add(self.map_path(layer, i, epoch))
         root = self.folder / "maps"
         if not root.is_dir():
             return
@@ -214,15 +293,71 @@ class Checkpoint:
         """Delete the whole checkpoint folder (after the model is saved)."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def map_store(self, layer: int, versions: list[int], device, dtype) -> "CheckpointMaps":
-        """The warm-start maps of ``layer`` read straight from the checkpoint's files (used
-        instead of a second copy on disk when the maps do not fit in memory)."""
-        return CheckpointMaps(self, layer, versions, device, dtype)
+    # ----------------------------------------------------------------- layers
+    def resume(self, layer: int) -> TrainState | None:
+        """The saved position in ``layer`` (1-based), if training stopped inside it."""
+        return self.run.current if self.run.layer == layer else None
 
-    # ------------------------------------------------------------- helpers
-    @staticmethod
-    def records(history) -> list[dict]:
-        return [asdict(r) for r in history]
+    def layer_maps(self, layer: int, store: MapStore):
+        """The warm-start store for ``layer``: ``store`` (in memory) filled with the saved maps
+        on a resume, or, when ``store`` would be on disk, the checkpoint's own map files (one
+        copy on disk); the versions of the saved maps are kept for the state."""
+        n = len(store)
+        versions = self.run.maps.setdefault(layer, [0] * n)
+        if store.on_disk:
+            store.close()
+            return CheckpointMaps(self, layer, versions, store.device, store.dtype)
+        for i, e in enumerate(versions):
+            if e:
+                store.set(i, self.load_map(layer, i, e, store.device, store.dtype))
+        return store
+
+    def finished_maps(self, layer: int, device, dtype) -> "CheckpointMaps":
+        """The last maps of finished ``layer``, read from the checkpoint's files (the inputs of
+        the layer above when training resumes there)."""
+        return CheckpointMaps(self, layer, self.run.maps[layer], device, dtype)
+
+    def hook(self, layer: int) -> "CheckpointHook":
+        """The training hook that keeps this checkpoint current while ``layer`` trains."""
+        return CheckpointHook(self, layer)
+
+    def finish_layer(self, layer: int, fit: LayerFit, chain_affine: tuple[float, float], n_layers: int) -> None:
+        """Record ``layer`` as finished: its filters and summary replace its running state; its
+        maps stay while the next layer needs them, the maps of the layer below go."""
+        self.run.finished.append(FinishedLayer(list(fit.history), float(fit.seconds),
+                                               [float(v) for v in fit.map_activity],
+                                               (float(chain_affine[0]), float(chain_affine[1]))))
+        self.filters[layer] = fit.filters
+        self.run.layer = self.run.current = None
+        self.run.maps.pop(layer - 1, None)  # layer-1's maps were this layer's inputs
+        if layer == n_layers:
+            self.run.maps.pop(layer, None)
+        self.write()
+
+
+class CheckpointHook(TrainHooks):
+    """Saves every batch's maps and the :class:`~deconvnet.train.TrainState` of a layer: after
+    the batch in which ``every`` seconds have passed, and at every epoch end."""
+
+    def __init__(self, ck: Checkpoint, layer: int):
+        self.ck, self.layer = ck, layer
+
+    def maps_coded(self, state: TrainState, batch: list[int], z: torch.Tensor) -> None:
+        versions = self.ck.run.maps[self.layer]
+        for j, i in enumerate(batch):
+            self.ck.save_map(self.layer, i, state.epoch, z[j:j + 1].contiguous())
+            versions[i] = state.epoch
+
+    def _save(self, state: TrainState) -> None:
+        self.ck.run.layer, self.ck.run.current = self.layer, state
+        self.ck.write()
+
+    def batch_done(self, state: TrainState, done: int, total: int) -> None:
+        if self.ck.due():
+            self._save(state)
+
+    def epoch_done(self, state: TrainState, total: int) -> None:
+        self._save(state)
 
 
 class CheckpointMaps(MapSequence):

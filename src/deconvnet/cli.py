@@ -75,68 +75,32 @@ def _image_files(items: list[str]) -> list[Path]:
     return paths
 
 
-def _usable_images(folder: Path, color: str, min_side: int, max_side: int | None = None, *,
-                   filter_size: int | None = None, say=None):
-    """Read every image of ``folder``, downscaled to ``max_side``; return the usable ones, their
-    paths, and ``(path, reason)`` for every file skipped (unreadable, too small, a sub-folder).
+def _read_training_images(folder: Path, cfg, say):
+    """The usable images of ``folder`` for layer 1 of ``cfg``; every skipped file is listed
+    with ``say``. A one-line error when nothing is usable; when that is because every image
+    that could be read is smaller than the layer-1 filters (plus the border the
+    preprocessing removes), it names ``layer1.filter_size``."""
+    from .images import read_folder  # noqa: PLC0415
 
-    ``min_side`` is the smallest side layer 1 takes: its ``filter_size`` plus the border the
-    preprocessing removes. When nothing is usable because every image that could be read is
-    smaller than that, the skipped files are reported with ``say`` and the error names
-    ``layer1.filter_size``.
-    """
-    from .preprocess import IMAGE_SUFFIXES, ImageReadError, load_image  # noqa: PLC0415
-
-    if not folder.exists():
-        raise UserError(f"{folder}: no such folder")
-    if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder of images")
-    images, used, skipped, small = [], [], [], []
-    for p in sorted(folder.iterdir()):
-        if p.is_dir():
-            skipped.append((p, "a folder (sub-folders are not searched)"))
-            continue
-        if p.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        try:
-            im = load_image(p, color, max_side)
-        except ImageReadError as err:
-            skipped.append((p, err.reason))
-            continue
-        except Exception as err:  # any other reader failure makes the file unusable, not the run
-            skipped.append((p, f"cannot be read as an image ({type(err).__name__}: {str(err)[:80]})"))
-            continue
-        if min(im.shape[1:]) < min_side:
-            small.append(im.shape[1:])
-            skipped.append((p, _too_small(im.shape[1:], min_side, max_side, filter_size)))
-            continue
-        if not np.isfinite(im).all():  # bad numbers stop the run: the data itself is wrong
-            raise UserError(f"layer 1: input image {p} contains NaN or Inf; fix or remove it (nothing was trained)")
-        images.append(im)
-        used.append(p)
-    if small and not images:
-        for p, why in skipped:
-            (say or print)(f"skipped {p}: {why}")
+    s = cfg.layers[0].filter_size
+    min_side = s + (4 if cfg.preprocess == "toolbox2010" else 0)
+    try:
+        data = read_folder(folder, cfg.color, cfg.max_side, min_side=min_side, filter_size=s)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    for skip in data.skipped:
+        say(f"skipped {skip.path}: {skip.reason}")
+    if len(data):
+        return data
+    small = [skip.size for skip in data.skipped if skip.size is not None]
+    if small:
         H, W = max(small, key=min)
-        border = min_side - (filter_size or min_side)
+        border = min_side - s
         after = f", {H - border}x{W - border} after preprocessing" if border and min(H, W) > border else ""
-        what = (f"layer1.filter_size={filter_size} is larger than" if filter_size
-                else f"{min_side}x{min_side} is more than")
-        which = "every image" if len(small) == len(skipped) else "every image that could be read"
-        raise UserError(f"{folder}: {what} {which} (largest {H}x{W}{after})")
-    return images, used, skipped
-
-
-def _too_small(shape, min_side: int, max_side: int | None, filter_size: int | None) -> str:
-    """Why an image of ``shape`` (after the downscale to ``max_side``) is skipped."""
-    H, W = shape
-    at = f" at max_side={max_side}" if max_side is not None and max(H, W) == max_side else ""
-    if filter_size is None:
-        return f"too small ({H}x{W}{at}, need at least {min_side}x{min_side})"
-    border = min_side - filter_size
-    need = f"{min_side}x{min_side} with the {border}-pixel preprocessing border" if border else \
-        f"{min_side}x{min_side}"
-    return f"smaller than the {filter_size}x{filter_size} layer-1 filters ({H}x{W}{at}; needs at least {need})"
+        which = "every image" if len(small) == len(data.skipped) else "every image that could be read"
+        raise UserError(f"{folder}: layer1.filter_size={s} is larger than {which} (largest {H}x{W}{after})")
+    raise UserError(f"{folder}: no usable images (see the skipped files above)" if data.skipped
+                    else f"{folder}: no image files (.png, .jpg, .tif, ...)")
 
 
 def _config(args):
@@ -170,20 +134,14 @@ def train_run(images_dir, out, cfg, *, device="cpu", progress=True, report=True,
                         "(or choose another --out)")
     if (out / "model.json").exists():
         raise UserError(f"{out} already holds a trained model; choose another --out (or delete it)")
-    min_side = cfg.layers[0].filter_size + (4 if cfg.preprocess == "toolbox2010" else 0)
-    images, used, skipped = _usable_images(folder, cfg.color, min_side, cfg.max_side,
-                                           filter_size=cfg.layers[0].filter_size, say=say)
-    for p, why in skipped:
-        say(f"skipped {p}: {why}")
-    if not images:
-        raise UserError(f"{folder}: no usable images (see the skipped files above)" if skipped
-                        else f"{folder}: no image files (.png, .jpg, .tif, ...)")
+    images = _read_training_images(folder, cfg, say)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{out}: cannot create the run folder ({err.strerror or err})") from None
-    info = {"status": "training", "images": str(folder.resolve()), "n_images": len(used),
-            "files": [str(p.resolve()) for p in used], "skipped": [[str(p), why] for p, why in skipped],
+    info = {"status": "training", "images": str(folder.resolve()), "n_images": len(images),
+            "files": [str(p.resolve()) for p in images.paths],
+            "skipped": [[str(skip.path), skip.reason] for skip in images.skipped],
             "device": str(device), "preset": preset_name, "command": command, "versions": software_versions()}
     atomic_write_text(out / "config.json", cfg.to_json() + "\n")
     atomic_write_text(out / "run.json", json.dumps(info, indent=2))
@@ -196,7 +154,7 @@ def resume_run(out, *, device=None, progress=True, report=True, say=print, check
     """Continue the interrupted run in ``out`` from its checkpoint: same configuration, same
     images (read again from the files ``run.json`` lists)."""
     from .config import ConfigError, NetConfig  # noqa: PLC0415
-    from .preprocess import load_image  # noqa: PLC0415
+    from .images import ImageReadError, read_images  # noqa: PLC0415
 
     out = Path(out)
     if not out.is_dir():
@@ -223,13 +181,12 @@ def resume_run(out, *, device=None, progress=True, report=True, say=print, check
         return None
     if not (out / "checkpoint" / "state.safetensors").exists():
         say(f"{out}: no checkpoint yet; starting the training from the beginning")
-    images = []
-    for p in files:
-        try:
-            images.append(load_image(p, cfg.color, cfg.max_side))  # exactly as train_run read it
-        except Exception as err:  # the run needs exactly these images
-            raise UserError(f"--resume {out}: training image {p} cannot be read any more "
-                            f"({type(err).__name__}: {str(err)[:80]})") from None
+    try:
+        images = read_images(files, cfg.color, cfg.max_side)  # exactly as train_run read them
+    except ImageReadError as err:  # the run needs exactly these images
+        raise UserError(f"--resume {out}: training image {err.path} cannot be read any more ({err.reason})") from None
+    except ValueError as err:
+        raise UserError(f"--resume {out}: {err}") from None
     device = device or info.get("device", "cpu")
     say(f"resuming {out}: {len(cfg.layers)} layer(s) on {len(images)} image(s) on {device}")
     return _train(out, cfg, images, info, device=device, progress=progress, report=report, say=say,
@@ -244,8 +201,7 @@ def _train(out: Path, cfg, images, info, *, device, progress, report, say, check
     net = DeconvNet(cfg, device=device, progress=progress)
     t0 = time.perf_counter()
     try:
-        net.fit([np.moveaxis(im, 0, -1) if im.shape[0] == 3 else im[0] for im in images],
-                checkpoint=out / "checkpoint", checkpoint_every=checkpoint_every)
+        net.fit(images, checkpoint=out / "checkpoint", checkpoint_every=checkpoint_every)
     except CheckpointError as err:
         raise UserError(str(err)) from None
     except KeyboardInterrupt:
@@ -297,7 +253,7 @@ def cmd_infer(args) -> int:
 
     net = _load(args.model, _device(args.device))
     files = _image_files(args.images)
-    layers = [net._check_layer(args.layer)] if args.layer is not None else list(range(1, net.n_layers + 1))
+    layers = [net.check_layer(args.layer)] if args.layer is not None else list(range(1, net.n_layers + 1))
     out = _out_dir(args.out)
     from ._files import atomic_write_bytes  # noqa: PLC0415
 
@@ -321,7 +277,7 @@ def cmd_project(args) -> int:
 
     net = _load(args.model, _device(args.device))
     out = _out_dir(args.out)
-    layers = [net._check_layer(args.layer)] if args.layer is not None else range(1, net.n_layers + 1)
+    layers = [net.check_layer(args.layer)] if args.layer is not None else range(1, net.n_layers + 1)
     for L in layers:
         P = net.project(L)
         if args.sort == "activity":
@@ -338,7 +294,7 @@ def cmd_reconstruct(args) -> int:
 
     net = _load(args.model, _device(args.device))
     (path,) = _image_files([args.image])
-    L = net._check_layer(args.layer)
+    L = net.check_layer(args.layer)
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise UserError(f"--out {out}: the reconstruction is written as PNG; give a .png file name")
@@ -490,8 +446,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of the ``deconvnet`` command; returns the exit status."""
+    from .runtime import configure  # noqa: PLC0415
+
     ap = _parser()
     args = ap.parse_args(argv)
+    configure()  # the process-wide settings of an entry point (deconvnet.runtime)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -38,17 +38,30 @@ from typing import Any
 
 from .connectivity import CONNECTIVITIES, n_maps_for
 
-__all__ = ["ConfigError", "LayerConfig", "NetConfig", "PRESETS", "PREPROCESSING", "preset", "apply_overrides",
-           "load_config"]
+__all__ = ["ConfigError", "LayerConfig", "NetConfig", "PRESETS", "preset", "apply_overrides", "load_config",
+           "METHODS", "FILTER_METHODS", "BOUNDARIES", "COLORS", "SCALINGS", "DTYPES", "PREPROCESSING",
+           "method_allowed"]
 
+# The allowed values of every setting, declared here only; the implementations import them.
+#: inference methods, :mod:`deconvnet.solvers`.
 METHODS = ("continuation", "fista", "admm")
+#: filter updates, :mod:`deconvnet.filters`.
 FILTER_METHODS = ("cg", "gradient")
+#: boundaries of the synthesis, :mod:`deconvnet.ops`.
 BOUNDARIES = ("valid", "circular")
+#: channels of layer 1's input, :mod:`deconvnet.images`.
 COLORS = ("gray", "rgb")
+#: the scaling of ``rescale`` and ``chain``, :func:`deconvnet.preprocess.rescale_affine`.
 SCALINGS = ("minmax", "std")
 DTYPES = ("float32", "float64")
-#: preprocessing kinds, implemented in :mod:`deconvnet.preprocess`.
+#: preprocessing kinds, :mod:`deconvnet.preprocess`.
 PREPROCESSING = ("toolbox2010", "laplacian", "lcn2011", "none")
+
+
+def method_allowed(method: str, boundary: str) -> bool:
+    """Whether inference ``method`` works with ``boundary``: ADMM solves the periodic problem
+    only (its z-step is diagonal in the 2-D DFT)."""
+    return method != "admm" or boundary == "circular"
 
 
 class ConfigError(ValueError):
@@ -210,9 +223,8 @@ class NetConfig:
         _choice("dtype", self.dtype, DTYPES)
         C = self.in_channels
         for i, layer in enumerate(self.layers, start=1):
-            if not isinstance(layer, LayerConfig):
+            if not isinstance(layer, LayerConfig):  # a LayerConfig checked itself when it was made
                 _fail(f"layer{i}", layer, "a LayerConfig")
-            layer.validate(f"layer{i}")
             implied = n_maps_for(layer.connectivity, C)
             if implied is not None and implied != layer.n_maps:
                 raise ConfigError(f"layer{i}.n_maps={layer.n_maps!r} is not allowed: connectivity "
@@ -220,7 +232,7 @@ class NetConfig:
             if layer.connectivity == "random-pairs" and C < 2:
                 raise ConfigError(f"layer{i}.connectivity='random-pairs' is not allowed: the layer below has "
                                   f"{C} map(s), and a pair needs 2")
-            if layer.method == "admm" and self.boundary != "circular":
+            if not method_allowed(layer.method, self.boundary):
                 raise ConfigError(f"layer{i}.method='admm' is not allowed with boundary={self.boundary!r}: "
                                   "ADMM needs boundary='circular'")
             C = layer.n_maps
@@ -372,27 +384,28 @@ def apply_overrides(cfg: NetConfig, overrides: dict[str, str] | list[str]) -> Ne
     net_fields = {f.name for f in fields(NetConfig)} - {"layers"}
     layer_fields = {f.name for f in fields(LayerConfig)}
     net_changes: dict[str, Any] = {}
-    layers = list(cfg.layers)
+    changes: list[dict[str, Any]] = [{} for _ in cfg.layers]  # per layer; each layer is rebuilt (checked) once
     for key, text in overrides.items():
         if key in net_fields:
             net_changes[key] = _parse(key, text, getattr(cfg, key))
         elif key in layer_fields:
-            layers = [_layer(i, replace, layer, **{key: _parse(key, text, getattr(layer, key))})
-                      for i, layer in enumerate(layers, start=1)]
+            for layer, change in zip(cfg.layers, changes):
+                change[key] = _parse(key, text, getattr(layer, key))
         elif key.startswith("layer") and "." in key:
             head, sub = key.split(".", 1)
             try:
                 idx = int(head[5:])
             except ValueError:
                 idx = 0
-            if not 1 <= idx <= len(layers):
-                _fail("override", key, f"layer numbers run from 1 to {len(layers)}")
+            if not 1 <= idx <= len(cfg.layers):
+                _fail("override", key, f"layer numbers run from 1 to {len(cfg.layers)}")
             if sub not in layer_fields:
                 _fail("override", key, "a layer field, one of " + ", ".join(sorted(layer_fields)))
-            layer = layers[idx - 1]
-            layers[idx - 1] = _layer(idx, replace, layer, **{sub: _parse(key, text, getattr(layer, sub))})
+            changes[idx - 1][sub] = _parse(key, text, getattr(cfg.layers[idx - 1], sub))
         else:
             _fail("override", key, "a network field (" + ", ".join(sorted(net_fields)) + ") or a layer field ("
                   + ", ".join(sorted(layer_fields)) + "), optionally as layerN.FIELD")
+    layers = [_layer(i, replace, layer, **change) if change else layer
+              for i, (layer, change) in enumerate(zip(cfg.layers, changes), start=1)]
     return replace(cfg, layers=tuple(layers), **net_changes)
 

@@ -24,15 +24,38 @@ keeping the input. So an update never increases the data term, and its planes ha
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from ._checks import check_filters, check_int, check_positive
+from .config import FILTER_METHODS, LayerConfig
 from .ops import ConvOperator, MapOperator, as_connectivity
 
-__all__ = ["update_filters", "normalize_planes", "init_filters", "FILTER_METHODS"]
+__all__ = ["update_filters", "learn_filters", "FilterOptions", "normalize_planes", "init_filters"]
 
-FILTER_METHODS = ("cg", "gradient")
 _MAX_HALVINGS = 12
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    """Settings of one filter update: ``lam`` (the data-term weight), ``method`` (``"cg"`` or
+    ``"gradient"``) and ``n_iter`` (CG iterations or gradient steps; toolbox 2 at layer 1, 4
+    above)."""
+
+    lam: float
+    method: str = "cg"
+    n_iter: int = 2
+
+    @classmethod
+    def of(cls, lc: LayerConfig) -> "FilterOptions":
+        """The filter-update settings of a (checked) layer configuration."""
+        return cls(lc.lam, lc.filter_method, lc.filter_iters)
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def normalize_planes(f: torch.Tensor, g=None) -> torch.Tensor:
@@ -79,22 +102,52 @@ def update_filters(y: torch.Tensor, z: torch.Tensor, f: torch.Tensor, *, lam: fl
     n_iter = check_int("n_iter", n_iter)
     op = ConvOperator(f, g, boundary)
     op.check_pair(y, z)
+    return learn_filters(y, z, op, FilterOptions(lam, method, n_iter))
+
+
+def learn_filters(y: torch.Tensor, z: torch.Tensor, op: ConvOperator, opts: FilterOptions,
+                  reduce: Callable[[torch.Tensor], torch.Tensor] = _identity) -> torch.Tensor:
+    """:func:`update_filters` without argument checks, for settings that come checked: ``op``
+    holds the current filters, connectivity and boundary.
+
+    ``reduce`` is applied to every sum over the batch that the update needs (the filter
+    gradients ``G(z, r)`` and the data term): the identity for one process; a sum over
+    processes turns the update into one over all their images.
+    """
+    lam, n_iter = opts.lam, opts.n_iter
     f0 = normalize_planes(op.f, op.g)
-    A = MapOperator(z, op)  # f -> D_z f and its adjoint; works on the non-zeros of sparse maps
+    A = _Reduced(MapOperator(z, op), reduce)  # f -> D_z f and its adjoint; non-zeros of sparse maps
 
     def residual(fv):
         return A.apply(fv) - y
 
     R0 = residual(f0)
-    Q0 = 0.5 * lam * float((R0 * R0).sum())
-    if method == "cg":
+    Q0 = 0.5 * lam * A.sq(R0)
+    if opts.method == "cg":
         f_new = _cg(A, f0, R0, lam, n_iter)
     else:
         f_new = _projected_gradient(A, f0, R0, Q0, lam, n_iter, residual)
-    return _monotone_retraction(op, f0, Q0, normalize_planes(f_new, op.g), lam, residual)
+    return _monotone_retraction(op, f0, Q0, normalize_planes(f_new, op.g), lam, residual, A.sq)
 
 
-def _cg(A: MapOperator, f0, R0, lam, n_iter):
+class _Reduced:
+    """A :class:`~deconvnet.ops.MapOperator` whose batch sums pass through ``reduce``."""
+
+    def __init__(self, A: MapOperator, reduce):
+        self.A, self.reduce = A, reduce
+
+    def apply(self, f: torch.Tensor) -> torch.Tensor:
+        return self.A.apply(f)
+
+    def adjoint(self, r: torch.Tensor) -> torch.Tensor:
+        return self.reduce(self.A.adjoint(r))
+
+    def sq(self, R: torch.Tensor) -> float:
+        """``||R||^2`` summed over the batch (and, through ``reduce``, over processes)."""
+        return float(self.reduce((R * R).sum()))
+
+
+def _cg(A: _Reduced, f0, R0, lam, n_iter):
     """CG on ``lam G(z, D_z f) = lam G(z, y)`` from ``f0``; returns the unnormalised iterate."""
     tiny = torch.finfo(f0.dtype).tiny
     fc = f0.clone()
@@ -123,7 +176,7 @@ def _project_balls(f: torch.Tensor) -> torch.Tensor:
     return f / norms.clamp_min(1.0)
 
 
-def _projected_gradient(A: MapOperator, f, R, Q, lam, n_iter, residual):
+def _projected_gradient(A: _Reduced, f, R, Q, lam, n_iter, residual):
     """Projected gradient on the convex set of planes with ``||f_kc|| <= 1`` (as in SPORCO's
     and Mairal et al.'s dictionary updates): a step of exact-line-search length along
     ``-grad Q``, halved until the projected point lowers ``Q``. Returns unnormalised filters."""
@@ -131,14 +184,14 @@ def _projected_gradient(A: MapOperator, f, R, Q, lam, n_iter, residual):
     for _ in range(n_iter):
         G = lam * A.adjoint(R)
         DG = A.apply(G)
-        den = lam * float((DG * DG).sum())
+        den = lam * A.sq(DG)
         if den <= tiny:
             break
         step = float((G * G).sum()) / den
         for _ in range(_MAX_HALVINGS):
             cand = _project_balls(f - step * G)
             R_c = residual(cand)
-            Q_c = 0.5 * lam * float((R_c * R_c).sum())
+            Q_c = 0.5 * lam * A.sq(R_c)
             if Q_c <= Q:
                 break
             step *= 0.5
@@ -148,13 +201,13 @@ def _projected_gradient(A: MapOperator, f, R, Q, lam, n_iter, residual):
     return f
 
 
-def _monotone_retraction(op, f_old, Q_old, f_new, lam, residual):
+def _monotone_retraction(op, f_old, Q_old, f_new, lam, residual, sq):
     """Shorten ``f_old -> f_new`` along the unit-norm planes until ``Q`` does not increase."""
     t = 1.0
     cand = f_new
     for _ in range(_MAX_HALVINGS):
         R = residual(cand)
-        if 0.5 * lam * float((R * R).sum()) <= Q_old:
+        if 0.5 * lam * sq(R) <= Q_old:
             return cand
         t *= 0.5
         cand = normalize_planes(f_old + t * (f_new - f_old), op.g)

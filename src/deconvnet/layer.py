@@ -1,51 +1,34 @@
-r"""One deconvolutional layer as a scikit-learn-style estimator.
+r"""One deconvolutional layer as a scikit-learn estimator.
 
-Training (Zeiler et al. 2010, Sec. 3 and Algorithm 1; toolbox ``train_recon_layer.m``):
-for every epoch, visit the images in a fresh random order; for each image (``batch_size=1``,
-the toolbox) or mini-batch, infer its maps with the filters fixed, warm-started from that
-image's maps of the previous epoch, then update the filters with those maps fixed and
-renormalise every plane. ``fit`` learns ``filters_``; ``transform`` infers maps;
-``inverse_transform`` synthesises inputs from maps.
+``fit`` learns ``filters_`` (Zeiler et al. 2010, Sec. 3; the loop is
+:func:`deconvnet.train.train_layer`); ``transform`` infers maps; ``inverse_transform``
+synthesises inputs from maps. The estimator follows scikit-learn's contract: ``__init__``
+stores its hyper-parameters unchanged, ``fit`` checks them (through
+:class:`~deconvnet.config.LayerConfig`, the one home of every allowed value), and
+``get_params`` / ``set_params`` / ``sklearn.base.clone`` and ``Pipeline`` work.
 """
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, TransformerMixin
 
-from ._checks import BOUNDARIES, check_int, check_p, check_positive, map_size
-from .filters import FILTER_METHODS, init_filters, update_filters
-from .inference import METHODS, sparse_code
+from ._checks import check_int
+from .config import BOUNDARIES, ConfigError, LayerConfig, method_allowed
 from .mapstore import DEFAULT_MEMORY_LIMIT, AffineMaps, MapSequence, MapStore
 from .ops import as_connectivity, synthesize
+from .runtime import configure
+from .solvers import solve
+from .train import LayerFit, LayerSpec, Progress, batches, train_layer
 
-__all__ = ["DeconvLayer", "EpochRecord", "DivergenceError"]
+__all__ = ["DeconvLayer"]
 
-
-class DivergenceError(FloatingPointError):
-    """Maps or filters became NaN or Inf while training; ``images`` are the indices of the
-    batch being processed, ``epoch`` the epoch, ``what`` what diverged."""
-
-    def __init__(self, images, epoch: int, what: str):
-        self.images, self.epoch, self.what = list(images), epoch, what
-        super().__init__(f"{what} became NaN or Inf at epoch {epoch} on image(s) {self.images} (the solve "
-                         "diverged; try a smaller lam or another method)")
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """Totals over one epoch, from each batch's inference just before its filter update."""
-
-    epoch: int
-    objective: float
-    data: float
-    penalty: float
-    nonzero_fraction: float
-    seconds: float
+#: the hyper-parameters a :class:`DeconvLayer` shares with :class:`~deconvnet.config.LayerConfig`.
+_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(LayerConfig) if f.name != "connectivity")
 
 
 class _OnDevice(MapSequence):
@@ -61,7 +44,7 @@ class _OnDevice(MapSequence):
         return self.items[i].to(device=self.device, dtype=self.dtype)
 
 
-class DeconvLayer:
+class DeconvLayer(TransformerMixin, BaseEstimator):
     """A convolutional sparse-coding layer: ``y_c ~ sum_k g_kc z_k * f_kc`` with sparse ``z``.
 
     Args:
@@ -84,6 +67,9 @@ class DeconvLayer:
         map_memory_limit: bytes of warm-start maps kept in memory during ``fit``; above it they
             go to a temporary folder on disk (:class:`~deconvnet.mapstore.MapStore`). Default 2 GiB.
 
+    The hyper-parameters are stored as given and checked by :meth:`fit` (errors name the
+    argument, the value and what is allowed).
+
     Attributes:
         filters_: learned filters ``(K, C, s, s)``, unit-norm connected planes.
         connectivity_: ``(K, C)`` boolean tensor.
@@ -92,6 +78,9 @@ class DeconvLayer:
             ``(1, K, H', W')`` tensors (a :class:`~deconvnet.mapstore.MapStore`).
         map_activity_: ``(K,)`` fraction of non-zero entries of each map in ``maps_``; a map
             that is never active receives no filter update and keeps its initial filters.
+        seconds_: training wall time.
+        spec_: the checked settings (:class:`~deconvnet.train.LayerSpec`) the layer was fitted
+            with; ``transform`` uses them.
     """
 
     def __init__(self, in_channels: int, n_maps: int, filter_size: int, *, lam: float = 1.0, p: float = 1.0,
@@ -101,50 +90,78 @@ class DeconvLayer:
                  beta_inc: float = 10.0, n_beta: int = 6, n_cg: int = 2, seed: int = 0,
                  device="cpu", dtype=torch.float32, progress: bool = False,
                  map_memory_limit: float = DEFAULT_MEMORY_LIMIT):
-        self.in_channels = check_int("in_channels", in_channels)
-        self.n_maps = check_int("n_maps", n_maps)
-        self.filter_size = check_int("filter_size", filter_size)
-        self.lam = check_positive("lam", lam)
-        self.p = check_p(p)
-        if method not in METHODS:
-            raise ValueError(f"method={method!r} is not known; use one of {METHODS}")
-        if boundary not in BOUNDARIES:
-            raise ValueError(f"boundary={boundary!r} is not supported; use one of {BOUNDARIES}")
-        if method == "admm" and boundary != "circular":
-            raise ValueError("method='admm' needs boundary='circular'")
-        if filter_method not in FILTER_METHODS:
-            raise ValueError(f"filter_method={filter_method!r} is not known; use one of {FILTER_METHODS}")
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-        self.method, self.boundary, self.filter_method = method, boundary, filter_method
-        self.n_epochs = check_int("n_epochs", n_epochs)
-        self.batch_size = check_int("batch_size", batch_size)
-        self.filter_iters = check_int("filter_iters", filter_iters)
-        self.max_iter, self.tol = max_iter, tol
-        self.beta0, self.beta_inc, self.n_beta, self.n_cg = beta0, beta_inc, n_beta, n_cg
-        self.seed = int(seed)
-        self.device, self.dtype = torch.device(device), dtype
-        self.progress = progress
-        if isinstance(map_memory_limit, bool) or not isinstance(map_memory_limit, (int, float)) \
-                or not map_memory_limit >= 0:
-            raise ValueError(f"map_memory_limit={map_memory_limit!r} must be a number of bytes >= 0")
-        self.map_memory_limit = float(map_memory_limit)
-        g = as_connectivity(connectivity, self.n_maps, self.in_channels, device=self.device)
-        self.connectivity_ = (torch.ones(self.n_maps, self.in_channels, dtype=torch.bool, device=self.device)
-                              if g is None else g)
-        self._g = g
+        self.in_channels, self.n_maps, self.filter_size = in_channels, n_maps, filter_size
+        self.lam, self.p, self.connectivity, self.method, self.boundary = lam, p, connectivity, method, boundary
+        self.n_epochs, self.batch_size, self.filter_method, self.filter_iters = n_epochs, batch_size, filter_method, \
+            filter_iters
+        self.max_iter, self.tol, self.beta0, self.beta_inc, self.n_beta, self.n_cg = max_iter, tol, beta0, beta_inc, \
+            n_beta, n_cg
+        self.seed, self.device, self.dtype, self.progress = seed, device, dtype, progress
+        self.map_memory_limit = map_memory_limit
 
-    # ---------------------------------------------------------------- helpers
-    def _images(self, images, name="images") -> tuple[Sequence, list[tuple]]:
+    # ------------------------------------------------------- settings, checked
+    def _spec(self) -> LayerSpec:
+        """The hyper-parameters checked and bound into a :class:`~deconvnet.train.LayerSpec`."""
+        check_int("in_channels", self.in_channels)
+        if self.boundary not in BOUNDARIES:
+            raise ValueError(f"boundary={self.boundary!r} is not supported; use one of {BOUNDARIES}")
+        if not method_allowed(self.method, self.boundary):
+            raise ValueError(f"method={self.method!r} needs boundary='circular'")
+        if self.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {self.dtype!r}")
+        limit = self.map_memory_limit
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit >= 0:
+            raise ValueError(f"map_memory_limit={limit!r} must be a number of bytes >= 0")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed={self.seed!r} must be an integer")
+        params = {name: getattr(self, name) for name in _CONFIG_FIELDS}
+        params["max_iter"] = 500 if self.max_iter is None else self.max_iter
+        params["tol"] = 1e-4 if self.tol is None else self.tol
+        try:
+            lc = LayerConfig(**params)
+        except ConfigError as err:  # "layer.lam=..." -> "lam=..."
+            msg = str(err)
+            raise ConfigError(msg[len("layer."):] if msg.startswith("layer.") else msg) from None
+        device = torch.device(self.device)
+        g = as_connectivity(self.connectivity, self.n_maps, self.in_channels, device=device)
+        return LayerSpec(lc, self.in_channels, g, self.boundary, self.seed, device, self.dtype)
+
+    @classmethod
+    def from_spec(cls, spec: LayerSpec, fit: LayerFit, **params) -> "DeconvLayer":
+        """A fitted layer with the settings of ``spec`` and what ``fit`` learned: the one way
+        :class:`~deconvnet.DeconvNet` makes its layers, whether it trains, resumes or loads.
+        ``params``: ``progress``, ``map_memory_limit``."""
+        g = spec.g
+        table = None if g is None else g.cpu().numpy()
+        layer = cls(spec.in_channels, spec.n_maps, spec.filter_size, connectivity=table, boundary=spec.boundary,
+                    seed=spec.seed, device=spec.device, dtype=spec.dtype,
+                    **{name: getattr(spec.config, name) for name in _CONFIG_FIELDS if name not in
+                       ("n_maps", "filter_size")}, **params)
+        layer._adopt(spec, fit)
+        return layer
+
+    def _adopt(self, spec: LayerSpec, fit: LayerFit) -> None:
+        self.spec_ = spec
+        self.filters_ = fit.filters.to(device=spec.device, dtype=spec.dtype)
+        self.connectivity_ = (torch.ones(spec.n_maps, spec.in_channels, dtype=torch.bool, device=spec.device)
+                              if spec.g is None else spec.g)
+        self.history_ = list(fit.history)
+        self.maps_ = fit.maps
+        self.map_activity_ = fit.map_activity
+        self.seconds_ = fit.seconds
+
+    # ---------------------------------------------------------------- inputs
+    def _images(self, images, spec: LayerSpec, name="images") -> tuple[Sequence, list[tuple]]:
         """Accept ``(N, C, H, W)`` (numpy or torch), a list of ``(C, H, W)`` or an
         :class:`~deconvnet.mapstore.AffineMaps`; return a sequence of ``(1, C, H, W)`` tensors
         on the layer's device and dtype, and their shapes. An ``AffineMaps`` stays lazy: each
         item is read once here to be checked, then again whenever training needs it."""
+        device, dtype = spec.device, spec.dtype
         if isinstance(images, AffineMaps):
             if not len(images):
                 raise ValueError(f"{name} is empty")
-            shapes = [tuple(self._check_image(images[i], i, name).shape) for i in range(len(images))]
-            return _OnDevice(images, self.device, self.dtype), shapes
+            shapes = [tuple(self._check_image(images[i], i, name, spec).shape) for i in range(len(images))]
+            return _OnDevice(images, device, dtype), shapes
         if isinstance(images, (list, tuple)):
             items = [torch.as_tensor(np.asarray(im) if not isinstance(im, torch.Tensor) else im) for im in images]
             for i, im in enumerate(items):
@@ -158,152 +175,36 @@ class DeconvLayer:
             items = list(t.split(1))
         if not items:
             raise ValueError(f"{name} is empty")
-        X = [self._check_image(im.to(device=self.device, dtype=self.dtype), i, name) for i, im in enumerate(items)]
+        X = [self._check_image(im.to(device=device, dtype=dtype), i, name, spec) for i, im in enumerate(items)]
         return X, [tuple(x.shape) for x in X]
 
-    def _check_image(self, im: torch.Tensor, i: int, name: str) -> torch.Tensor:
+    @staticmethod
+    def _check_image(im: torch.Tensor, i: int, name: str, spec: LayerSpec) -> torch.Tensor:
         """One ``(1, C, H, W)`` input: channels, size against the filters, finite values."""
-        s = self.filter_size
-        if im.shape[1] != self.in_channels:
-            raise ValueError(f"{name}[{i}] has {im.shape[1]} channels; this layer expects {self.in_channels}")
-        if self.boundary == "circular" and min(im.shape[2:]) < s:
+        s = spec.filter_size
+        if im.shape[1] != spec.in_channels:
+            raise ValueError(f"{name}[{i}] has {im.shape[1]} channels; this layer expects {spec.in_channels}")
+        if spec.boundary == "circular" and min(im.shape[2:]) < s:
             raise ValueError(f"{name}[{i}] of size {tuple(im.shape[2:])} is smaller than the {s}x{s} filters")
         if not bool(torch.isfinite(im).all()):
             raise ValueError(f"{name}[{i}] contains NaN or Inf")
         return im
-
-    def _batches(self, order: list[int], shapes: list[tuple]) -> list[list[int]]:
-        """Consecutive chunks of ``batch_size`` indices, split where the image size changes."""
-        batches = []
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            groups: dict[tuple, list[int]] = {}
-            for i in chunk:
-                groups.setdefault(shapes[i], []).append(i)
-            batches.extend(groups.values())
-        return batches
-
-    def _code(self, y, f, z0=None, record="last"):
-        return sparse_code(y, f, lam=self.lam, p=self.p, g=self._g, method=self.method, boundary=self.boundary,
-                           z0=z0, max_iter=self.max_iter, tol=self.tol, beta0=self.beta0, beta_inc=self.beta_inc,
-                           n_beta=self.n_beta, n_cg=self.n_cg, record=record)
 
     def _check_fitted(self):
         if not hasattr(self, "filters_"):
             raise RuntimeError("this DeconvLayer is not fitted yet: call fit(images) first")
 
     # -------------------------------------------------------------------- API
-    def fit(self, images, *, checkpoint=None, layer_index: int = 1) -> "DeconvLayer":
-        """Learn ``filters_`` from images ``(N, C, H, W)`` or a list of ``(C, H, W)``.
-
-        ``checkpoint``: a :class:`~deconvnet.checkpoint.Checkpoint` (as
-        :meth:`DeconvNet.fit <deconvnet.DeconvNet.fit>` passes it); the training state is
-        written to it as it goes, and a state it holds for layer ``layer_index`` is resumed.
-        Raises :class:`DivergenceError` when maps or filters become NaN or Inf.
-        """
-        X, shapes = self._images(images)
-        f = init_filters(self.n_maps, self.in_channels, self.filter_size, self._g, seed=self.seed,
-                         dtype=self.dtype, device=self.device)
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        itemsize = torch.finfo(self.dtype).bits // 8
-        total = sum(self.n_maps * int(np.prod(map_size(h, w, self.filter_size, self.boundary))) * itemsize
-                    for (_, _, h, w) in shapes)
-        maps = MapStore(len(X), total, self.map_memory_limit, device=self.device, dtype=self.dtype)
-        self.history_ = []
-        # the position in training: epoch, batches done in it, its image order, running sums
-        start, pos, order, sums, versions, spent = 1, 0, None, [0.0, 0.0, 0.0, 0, 0], [0] * len(X), [0.0, 0.0]
-        ck = checkpoint
-        cur = ck.state.get("current") if ck is not None else None
-        if cur is not None and cur.get("layer") == layer_index:
-            f = ck.tensors["current.filters"].to(device=self.device, dtype=self.dtype)
-            gen.set_state(ck.tensors["current.rng"])
-            start, pos, order, sums = cur["epoch"], cur["pos"], cur["order"], list(cur["sums"])
-            spent = list(cur["seconds"])
-            self.history_ = [EpochRecord(**r) for r in cur["history"]]
-            versions = list(ck.state["maps"][str(layer_index)])
-            if not maps.on_disk:
-                for i, e in enumerate(versions):
-                    if e:
-                        maps.set(i, ck.load_map(layer_index, i, e, self.device, self.dtype))
-        if ck is not None and maps.on_disk:  # one copy on disk: the checkpoint's
-            maps.close()
-            maps = ck.map_store(layer_index, versions, self.device, self.dtype)
-
-        def save_state(epoch):
-            ck.state["current"] = {"layer": layer_index, "epoch": epoch, "pos": pos, "order": order, "sums": sums,
-                                   "seconds": [spent[0] + time.perf_counter() - t_layer,
-                                               spent[1] + time.perf_counter() - t0],
-                                   "history": ck.records(self.history_)}
-            ck.state.setdefault("maps", {})[str(layer_index)] = versions
-            ck.tensors["current.filters"] = f
-            ck.tensors["current.rng"] = gen.get_state()
-            ck.write()
-
-        t_layer = time.perf_counter()
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm  # noqa: PLC0415
-
-            bar = tqdm(total=self.n_epochs * len(X), desc=getattr(self, "_progress_desc", "layer"), unit="img",
-                       initial=(start - 1) * len(X))
-        for epoch in range(start, self.n_epochs + 1):
-            t0 = time.perf_counter()
-            if order is None:
-                order = torch.randperm(len(X), generator=gen).tolist()
-                pos, sums, spent[1] = 0, [0.0, 0.0, 0.0, 0, 0], 0.0
-            batches = self._batches(order, shapes)
-            done = sum(len(b) for b in batches[:pos])
-            if bar is not None and done:
-                bar.update(done)
-            for idx in batches[pos:]:
-                y = torch.cat([X[i] for i in idx])
-                warm = [maps.get(i) for i in idx]
-                z0 = torch.cat(warm) if all(w is not None for w in warm) else None
-                res = self._code(y, f, z0)
-                if not bool(torch.isfinite(res.z).all()):
-                    raise DivergenceError(idx, epoch, "the feature maps")
-                last = res.history[-1]
-                sums[0] += last.objective
-                sums[1] += last.data
-                sums[2] += last.penalty
-                sums[3] += int((res.z != 0).sum())
-                sums[4] += res.z.numel()
-                f = update_filters(y, res.z, f, lam=self.lam, g=self._g, boundary=self.boundary,
-                                   method=self.filter_method, n_iter=self.filter_iters)
-                if not bool(torch.isfinite(f).all()):
-                    raise DivergenceError(idx, epoch, "the filters")
-                for j, i in enumerate(idx):
-                    zj = res.z[j:j + 1].contiguous()  # one layout, whether kept, saved or reloaded
-                    if ck is not None:
-                        ck.save_map(layer_index, i, epoch, zj)
-                        versions[i] = epoch
-                    maps.set(i, zj)
-                pos += 1
-                if ck is not None and ck.due():
-                    save_state(epoch)
-                if bar is not None:
-                    done += len(idx)
-                    bar.update(len(idx))
-                    bar.set_postfix_str(f"epoch {epoch}/{self.n_epochs}, image {done}/{len(X)}, "
-                                        f"objective {sums[0]:.4g} (epoch sum so far)")
-            tot, dat, pen, nnz, count = sums
-            self.history_.append(EpochRecord(epoch, tot, dat, pen, nnz / max(count, 1),
-                                             spent[1] + time.perf_counter() - t0))
-            order, pos = None, 0
-            if ck is not None:
-                t0 = time.perf_counter()
-                spent[1] = 0.0
-                save_state(epoch + 1)
-        if bar is not None:
-            bar.close()
-        self.filters_ = f
-        self.maps_ = maps
-        self.seconds_ = spent[0] + time.perf_counter() - t_layer
-        nz, pixels = 0, 0
-        for m in maps:  # one image at a time: the store may be on disk
-            nz = nz + (m[0] != 0).sum(dim=(1, 2)).double()
-            pixels += m[0, 0].numel()
-        self.map_activity_ = (nz / pixels).cpu().numpy()
+    def fit(self, images, y=None) -> "DeconvLayer":
+        """Learn ``filters_`` from images ``(N, C, H, W)`` or a list of ``(C, H, W)`` (``y`` is
+        ignored, for scikit-learn pipelines). Raises
+        :class:`~deconvnet.DivergenceError` when maps or filters become NaN or Inf."""
+        spec = self._spec()
+        configure()
+        X, shapes = self._images(images, spec)
+        maps = MapStore(len(X), spec.map_bytes(shapes), self.map_memory_limit, device=spec.device, dtype=spec.dtype)
+        hooks = [Progress("layer", spec.n_epochs)] if self.progress else []
+        self._adopt(spec, train_layer(X, shapes, spec, maps, hooks=hooks))
         return self
 
     def transform(self, images, n_passes: int | None = None):
@@ -315,32 +216,32 @@ class DeconvLayer:
         as many times as training did), 1 for the methods that solve to a tolerance.
         """
         self._check_fitted()
-        X, shapes = self._images(images)
+        spec = self.spec_
+        X, shapes = self._images(images, spec)
         if n_passes is None:
-            n_passes = self.n_epochs if self.method == "continuation" else 1
+            n_passes = spec.n_epochs if spec.config.method == "continuation" else 1
         n_passes = check_int("n_passes", n_passes)
+        configure()
+        op = spec.operator(self.filters_)
         out: list[torch.Tensor | None] = [None] * len(X)
-        for idx in self._batches(list(range(len(X))), shapes):
+        for idx in batches(list(range(len(X))), shapes, spec.batch_size):
             y = torch.cat([X[i] for i in idx])
             z = None
             for _ in range(n_passes):
-                z = self._code(y, self.filters_, z).z
+                z = solve(op, y, spec.solver, z).z
             for j, i in enumerate(idx):
                 out[i] = z[j]
         if len(set(shapes)) == 1:
             return torch.stack(out)
         return out
 
-    def fit_transform(self, images):
-        """``fit(images)`` then ``transform(images)``."""
-        return self.fit(images).transform(images)
-
     def inverse_transform(self, maps):
         """Synthesise inputs from maps: ``(N, K, H', W') -> (N, C, H, W)``."""
         self._check_fitted()
         if isinstance(maps, (list, tuple)):
             return [self.inverse_transform(m[None])[0] for m in maps]
+        spec = self.spec_
         z = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(np.asarray(maps))
-        if z.ndim != 4 or z.shape[1] != self.n_maps:
-            raise ValueError(f"maps must have shape (N, {self.n_maps}, H', W'), got {tuple(z.shape)}")
-        return synthesize(z.to(device=self.device, dtype=self.dtype), self.filters_, self._g, self.boundary)
+        if z.ndim != 4 or z.shape[1] != spec.n_maps:
+            raise ValueError(f"maps must have shape (N, {spec.n_maps}, H', W'), got {tuple(z.shape)}")
+        return synthesize(z.to(device=spec.device, dtype=spec.dtype), self.filters_, spec.g, spec.boundary)

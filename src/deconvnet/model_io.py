@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import platform
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,9 +40,9 @@ import torch
 from . import __version__
 from ._files import atomic_write_bytes
 from .config import ConfigError, NetConfig
-from .layer import EpochRecord
+from .train import EpochRecord, LayerFit
 
-__all__ = ["ModelFileError", "save_model", "load_model", "model_paths", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["ModelFileError", "SavedModel", "save_model", "load_model", "model_paths", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "deconvnet-model"
 FORMAT_VERSION = 1
@@ -146,12 +147,25 @@ def _need(cond: bool, path: Path, why: str) -> None:
         raise ModelFileError(f"{path}: {why}")
 
 
-def load_model(path, *, device="cpu"):
+@dataclass
+class SavedModel:
+    """A model as its files hold it, checked: the configuration, each layer's connectivity
+    table ``(K, C)`` bool and :class:`~deconvnet.train.LayerFit` (filters, history, map
+    activity, seconds), the input and chaining affines and the connectivity seeds.
+    :meth:`DeconvNet.load <deconvnet.DeconvNet.load>` turns it into a network."""
+
+    config: NetConfig
+    tables: list[np.ndarray]
+    fits: list[LayerFit]
+    input_affine: tuple[float, float]
+    chain_affines: list[tuple[float, float]]
+    connectivity_seeds: list[int]
+
+
+def load_model(path) -> SavedModel:
     """Read a model written by :func:`save_model`; raise :class:`ModelFileError` if anything
     about the pair of files is wrong."""
     from safetensors.torch import load  # noqa: PLC0415
-
-    from .network import DeconvNet  # noqa: PLC0415
 
     weights_path, json_path = model_paths(path)
     if not json_path.exists() and weights_path.exists():
@@ -189,12 +203,10 @@ def load_model(path, *, device="cpu"):
         config = NetConfig.from_dict(doc["config"])
     except (ConfigError, TypeError, KeyError) as err:
         raise ModelFileError(f"{json_path}: bad configuration ({err})") from None
-    net = DeconvNet(config, device=device)
     try:
-        _restore(net, doc, tensors)
+        return _restore(config, doc, tensors)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
         raise ModelFileError(f"{json_path}: inconsistent model ({type(err).__name__}: {err})") from None
-    return net
 
 
 def _affine(value, name: str) -> tuple[float, float]:
@@ -234,13 +246,15 @@ def _history(records, layer: int) -> list[EpochRecord]:
     return out
 
 
-def _restore(net, doc: dict, tensors: dict) -> None:
-    cfg = net.config
+def _restore(cfg: NetConfig, doc: dict, tensors: dict) -> SavedModel:
+    """Check the stored layers against the configuration."""
     layers_doc = doc["layers"]
-    if len(layers_doc) != net.n_layers:
-        raise ValueError(f"{len(layers_doc)} layers described, {net.n_layers} configured")
-    net.input_affine_ = _affine(doc["input_affine"], "input_affine")
-    net.layers_, net.chain_affines_, net.history_, net.seconds_, net.connectivity_seeds_ = [], [], [], [], []
+    n_layers = len(cfg.layers)
+    dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
+    if len(layers_doc) != n_layers:
+        raise ValueError(f"{len(layers_doc)} layers described, {n_layers} configured")
+    input_affine = _affine(doc["input_affine"], "input_affine")
+    tables, fits, chains, seeds = [], [], [], []
     C = cfg.in_channels
     for i, (lc, ld) in enumerate(zip(cfg.layers, layers_doc), start=1):
         f = tensors[f"layer{i}.filters"]
@@ -250,13 +264,10 @@ def _restore(net, doc: dict, tensors: dict) -> None:
                              f"{(lc.n_maps, C, lc.filter_size, lc.filter_size)}")
         if tuple(g.shape) != (lc.n_maps, C) or g.dtype != torch.uint8 or bool((g > 1).any()):
             raise ValueError(f"layer{i}.connectivity must be a ({lc.n_maps}, {C}) 0/1 uint8 table")
-        if f.dtype != net.dtype:
+        if f.dtype != dtype:
             raise ValueError(f"layer{i}.filters are {f.dtype}, but the configuration says dtype={cfg.dtype!r}")
         if not bool(torch.isfinite(f).all()):
             raise ValueError(f"layer{i}.filters contains NaN or Inf")
-        layer = net._make_layer(i - 1, C, g.numpy().astype(bool))
-        layer.filters_ = f.to(device=net.device, dtype=net.dtype)
-        net.layers_.append(layer)
         if not isinstance(ld, dict):
             raise ValueError(f"layer {i} is described by a {type(ld).__name__}, not an object")
         activity = ld.get("map_activity")
@@ -264,21 +275,22 @@ def _restore(net, doc: dict, tensors: dict) -> None:
             if not (isinstance(activity, list) and len(activity) == lc.n_maps
                     and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in activity)):
                 raise ValueError(f"layer{i}.map_activity must be {lc.n_maps} fractions in [0, 1]")
-            layer.map_activity_ = np.asarray(activity, dtype=np.float64)
+            activity = np.asarray(activity, dtype=np.float64)
         for key, expected in (("n_maps", lc.n_maps), ("in_channels", C), ("filter_size", lc.filter_size)):
             if key in ld and not (_is_number(ld[key]) and ld[key] == expected):
                 raise ValueError(f"layer{i}.{key}={ld[key]!r} disagrees with the configuration ({expected})")
         if ld.get("chain_affine") is not None:
-            net.chain_affines_.append(_affine(ld["chain_affine"], f"layer{i}.chain_affine"))
-        net.history_.append(_history(ld.get("history", []), i))
+            chains.append(_affine(ld["chain_affine"], f"layer{i}.chain_affine"))
         seconds = ld.get("seconds")
         if seconds is not None and not (_is_number(seconds) and 0 <= seconds < math.inf):
             raise ValueError(f"layer{i}.seconds={seconds!r} is not a duration in seconds")
-        net.seconds_.append(seconds)
         seed = ld["connectivity_seed"]
         if not (_is_number(seed) and isinstance(seed, int)):
             raise ValueError(f"layer{i}.connectivity_seed={seed!r} is not an integer")
-        net.connectivity_seeds_.append(seed)
+        tables.append(g.numpy().astype(bool))
+        fits.append(LayerFit(f, _history(ld.get("history", []), i), None, activity, seconds))
+        seeds.append(seed)
         C = lc.n_maps
-    if len(net.chain_affines_) != net.n_layers - 1:
+    if len(chains) != n_layers - 1:
         raise ValueError("chain_affine must be given for every layer but the last")
+    return SavedModel(cfg, tables, fits, input_affine, chains, seeds)

@@ -36,12 +36,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._checks import map_size
+from .checkpoint import Checkpoint, fingerprint
 from .config import NetConfig, preset
 from .connectivity import connectivity
-from .layer import DeconvLayer, DivergenceError, EpochRecord
-from .mapstore import DEFAULT_MEMORY_LIMIT, AffineMaps
-from .ops import synthesize
-from .preprocess import load_image, preprocess, rescale_affine, resize_max_side, to_chw
+from .images import ImageSet, read_images
+from .layer import DeconvLayer
+from .mapstore import DEFAULT_MEMORY_LIMIT, AffineMaps, MapStore
+from .model_io import ModelFileError, load_model, save_model
+from .ops import as_connectivity, synthesize
+from .preprocess import preprocess, rescale_affine
+from .runtime import configure
+from .train import DivergenceError, LayerFit, LayerSpec, Progress, train_layer
 
 __all__ = ["DeconvNet", "snr_db"]
 
@@ -55,22 +61,6 @@ def snr_db(target, estimate) -> float:
     if err == 0:
         return float("inf")
     return 10.0 * float(np.log10(sig / err)) if sig > 0 else float("-inf")
-
-
-def _to_chw(image, color: str, index: int, max_side: int | None = None) -> np.ndarray:
-    """One user image (path, ``(H, W)``, ``(H, W, 3|4)``) -> ``(C, H, W)`` float64; files are
-    read at most ``max_side`` on a side, as the command line reads them."""
-    if isinstance(image, (str, Path)):
-        a, name = load_image(image, color, max_side), f"image {index} ({Path(image).name})"
-    else:
-        name = f"image {index}"
-        try:
-            a = to_chw(image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image, color)
-        except ValueError as err:
-            raise ValueError(f"{name}: {err}") from None
-    if not np.isfinite(a).all():
-        raise ValueError(f"layer 1: input {name} contains NaN or Inf")
-    return a
 
 
 class DeconvNet:
@@ -99,7 +89,6 @@ class DeconvNet:
         self.config = preset(config) if isinstance(config, str) else config
         if not isinstance(self.config, NetConfig):
             raise TypeError(f"config must be a NetConfig or a preset name, got {type(config).__name__}")
-        self.config.validate()
         self.device = torch.device(device)
         self.progress = progress
         self.map_memory_limit = map_memory_limit
@@ -118,7 +107,8 @@ class DeconvNet:
     def n_layers(self) -> int:
         return len(self.config.layers)
 
-    def _check_layer(self, layer: int) -> int:
+    def check_layer(self, layer: int) -> int:
+        """``layer`` if it is a layer number of this network (1-based), else ``ValueError``."""
         if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= self.n_layers:
             raise ValueError(f"layer={layer!r} is not allowed: this network has layers 1 to {self.n_layers}")
         return layer
@@ -127,55 +117,58 @@ class DeconvNet:
         if not hasattr(self, "layers_"):
             raise RuntimeError("this DeconvNet is not trained: call fit(images) or DeconvNet.load(path)")
 
-    def _make_layer(self, index: int, in_channels: int, table: np.ndarray | None) -> DeconvLayer:
-        lc = self.config.layers[index]
-        return DeconvLayer(
-            in_channels, lc.n_maps, lc.filter_size, lam=lc.lam, p=lc.p, connectivity=table, method=lc.method,
-            boundary=self.config.boundary, n_epochs=lc.n_epochs, batch_size=lc.batch_size,
-            filter_method=lc.filter_method, filter_iters=lc.filter_iters, max_iter=lc.max_iter, tol=lc.tol,
-            beta0=lc.beta0, beta_inc=lc.beta_inc, n_beta=lc.n_beta, n_cg=lc.n_cg, seed=self.config.seed + index + 1,
-            device=self.device, dtype=self.dtype, progress=self.progress,
-            map_memory_limit=self.map_memory_limit)
-
-    def _tables(self) -> list[np.ndarray]:
-        """Each layer's ``(K, C)`` connectivity, drawn from its kind and seed."""
+    def tables(self) -> list[np.ndarray]:
+        """Each layer's ``(K, C)`` connectivity, drawn from its kind and seed (``seed + l``)."""
         tables, C = [], self.config.in_channels
         for i, lc in enumerate(self.config.layers):
             tables.append(connectivity(lc.connectivity, lc.n_maps, C, seed=self.config.seed + i + 1))
             C = lc.n_maps
         return tables
 
+    def specs(self, tables=None) -> list[LayerSpec]:
+        """The checked settings of every layer (:class:`~deconvnet.train.LayerSpec`), with the
+        connectivity ``tables`` (default: :meth:`tables`)."""
+        cfg, out, C = self.config, [], self.config.in_channels
+        for i, (lc, table) in enumerate(zip(cfg.layers, self.tables() if tables is None else tables)):
+            g = as_connectivity(table, lc.n_maps, C, device=self.device)
+            out.append(LayerSpec(lc, C, g, cfg.boundary, cfg.seed + i + 1, self.device, self.dtype))
+            C = lc.n_maps
+        return out
+
+    def adopt(self, specs: list[LayerSpec], fits: list[LayerFit], input_affine, chain_affines,
+              connectivity_seeds=None) -> "DeconvNet":
+        """Become the trained network of these layers: the one place where a network gets its
+        learned state, whether :meth:`fit` trained it, resumed it or :meth:`load` read it."""
+        self.input_affine_ = (float(input_affine[0]), float(input_affine[1]))
+        self.layers_ = [DeconvLayer.from_spec(spec, fit, progress=self.progress,
+                                              map_memory_limit=self.map_memory_limit)
+                        for spec, fit in zip(specs, fits)]
+        self.chain_affines_ = [(float(a), float(b)) for a, b in chain_affines]
+        self.history_ = [list(fit.history) for fit in fits]
+        self.seconds_ = [fit.seconds for fit in fits]
+        self.connectivity_seeds_ = (list(connectivity_seeds) if connectivity_seeds is not None
+                                    else [spec.seed for spec in specs])
+        return self
+
     # --------------------------------------------------------------- inputs
+    def read(self, images) -> ImageSet:
+        """``images`` as this network reads them (:func:`deconvnet.images.read_images` with its
+        ``color`` and ``max_side``): a folder, paths, arrays, or an :class:`ImageSet`."""
+        return read_images(images, self.config.color, self.config.max_side)
+
     def prepare(self, images, *, fit_affine: bool = False) -> list[torch.Tensor]:
         """Images -> layer 1's inputs, a list of ``(1, C, H1, W1)`` tensors.
 
-        ``images``: a path, a folder, a list of paths / ``(H, W)`` / ``(H, W, 3)`` arrays, or one
-        array ``(H, W)``, ``(H, W, 3)``, ``(N, H, W)``, ``(N, H, W, 3)``; values in [0, 1]
-        (uint8 and uint16 are scaled; an alpha channel is dropped). Applies ``max_side``, the
+        ``images``: what :meth:`read` takes (a folder, a path, a list of paths / ``(H, W)`` /
+        ``(H, W, 3)`` arrays, one array ``(H, W)``, ``(H, W, 3)``, ``(N, H, W)``, ``(N, H, W,
+        3)``, or an :class:`~deconvnet.images.ImageSet`); values in [0, 1]. Applies the
         preprocessing and the stored input rescale (fitted here when ``fit_affine``).
         """
         cfg = self.config
-        if isinstance(images, (str, Path)) and Path(images).is_dir():
-            from .preprocess import list_images  # noqa: PLC0415
-
-            images = list_images(images)
-        elif isinstance(images, (str, Path)):
-            images = [images]
-        elif isinstance(images, (np.ndarray, torch.Tensor)):
-            a = images
-            if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4)):
-                images = [a]  # one (H, W) or (H, W, 3|4) image
-            elif a.ndim in (3, 4):
-                images = list(a)  # a stack (N, H, W) or (N, H, W, 3|4)
-            else:
-                raise ValueError(f"images of shape {tuple(a.shape)}: expected (H, W), (H, W, 3), (N, H, W) "
-                                 "or (N, H, W, 3)")
-        if len(images) == 0:
-            raise ValueError("no images given")
-        out = []
         s = cfg.layers[0].filter_size
-        for i, im in enumerate(images):
-            x = preprocess(resize_max_side(_to_chw(im, cfg.color, i, cfg.max_side), cfg.max_side), cfg.preprocess)
+        out = []
+        for i, im in enumerate(self.read(images)):
+            x = preprocess(im, cfg.preprocess)
             if cfg.boundary == "circular" and min(x.shape[1:]) < s:
                 raise ValueError(f"image {i} is {x.shape[1]}x{x.shape[2]} after preprocessing, smaller than the "
                                  f"{s}x{s} filters")
@@ -196,92 +189,65 @@ class DeconvNet:
         and ends with the filters the uninterrupted run would have had; a state of another
         run raises :class:`~deconvnet.checkpoint.CheckpointError`.
 
-        Raises :class:`~deconvnet.layer.DivergenceError` naming the layer and the image when
+        Raises :class:`~deconvnet.DivergenceError` naming the layer and the image when
         maps or filters become NaN or Inf.
         """
-        from .checkpoint import Checkpoint, fingerprint  # noqa: PLC0415
-
-        Y = self.prepare(images, fit_affine=True)
+        configure()
+        data = self.read(images)
+        Y = self.prepare(data, fit_affine=True)
         ck = None
         if checkpoint is not None:
             ck = Checkpoint(checkpoint, checkpoint_every)
-            fp = fingerprint(self.config.to_json(), Y)  # Y has the fitted input affine applied
-            if not ck.load(fp):
-                ck.state = {"fingerprint": fp, "finished": [], "maps": {}}
-        finished = ck.state["finished"] if ck is not None else []
-        tables = self._tables()
-        self.layers_, self.chain_affines_, self.history_, self.seconds_ = [], [], [], []
-        self.connectivity_seeds_ = [self.config.seed + i + 1 for i in range(self.n_layers)]
-        C = self.config.in_channels
-        for i in range(self.n_layers):
-            layer = self._make_layer(i, C, tables[i])
-            layer._progress_desc = f"layer {i + 1}/{self.n_layers}"
-            if i < len(finished):  # done in an earlier session: restore it
-                rec = finished[i]
-                layer.filters_ = ck.tensors[f"layer{i + 1}.filters"].to(device=self.device, dtype=self.dtype)
-                layer.history_ = [EpochRecord(**r) for r in rec["history"]]
-                layer.map_activity_ = np.asarray(rec["map_activity"], dtype=np.float64)
-                layer.seconds_ = rec["seconds"]
-                layer.maps_ = None
-                if i + 1 < self.n_layers:
-                    a, b = rec["chain_affine"]
-                    if i + 1 == len(finished):  # the next layer trains on this one's last maps
-                        versions = [layer.n_epochs] * len(Y)
-                        Y = AffineMaps(ck.map_store(i + 1, versions, self.device, self.dtype), a, b)
-            else:
-                try:
-                    layer.fit(Y if isinstance(Y, AffineMaps) else [y[0] for y in Y], checkpoint=ck,
-                              layer_index=i + 1)
-                except DivergenceError as err:
-                    names = self._names(images, len(Y))
-                    which = ", ".join(names[j] for j in err.images)
-                    raise DivergenceError(err.images, err.epoch, f"layer {i + 1}: {which}: {err.what}") from None
-                a, b = (1.0, 0.0)
-                if i + 1 < self.n_layers:
-                    a, b = rescale_affine(layer.maps_, self.config.scaling) if self.config.chain else (1.0, 0.0)
-                    Y = AffineMaps(layer.maps_, a, b)  # read when needed: the maps may be on disk
-                if ck is not None:
-                    self._checkpoint_layer(ck, i, layer, (a, b))
-                layer.maps_ = None  # the next layer holds what it needs; free the memory
-            if i + 1 < self.n_layers:
-                self.chain_affines_.append((a, b))
-            self.layers_.append(layer)
-            self.history_.append(list(layer.history_))
-            self.seconds_.append(layer.seconds_)
-            C = layer.n_maps
-        return self
+            ck.open(fingerprint(self.config.to_json(), Y))  # Y has the fitted input affine applied
+        specs, fits, chains = self.specs(), [], []
+        inputs, shapes = Y, [tuple(y.shape) for y in Y]
+        for layer, spec in enumerate(specs, start=1):
+            fit, chain, inputs = self._fit_layer(layer, spec, inputs, shapes, ck, data.names)
+            fits.append(fit)
+            if layer < self.n_layers:
+                chains.append(chain)
+            s = spec.filter_size
+            shapes = [(1, spec.n_maps, *map_size(h, w, s, spec.boundary)) for (_, _, h, w) in shapes]
+        return self.adopt(specs, fits, self.input_affine_, chains)
 
-    @staticmethod
-    def _names(images, n: int) -> list[str]:
-        """How errors name the ``n`` training images: file names, or ``image i``."""
-        if isinstance(images, (str, Path)) and Path(images).is_dir():
-            from .preprocess import list_images  # noqa: PLC0415
-
-            return [p.name for p in list_images(images)]
-        if isinstance(images, (str, Path)):
-            return [Path(images).name]
-        if isinstance(images, (list, tuple)) and len(images) == n:
-            return [Path(im).name if isinstance(im, (str, Path)) else f"image {j}" for j, im in enumerate(images)]
-        return [f"image {j}" for j in range(n)]
-
-    def _checkpoint_layer(self, ck, i: int, layer: DeconvLayer, chain_affine) -> None:
-        """Record layer ``i`` as finished: its filters and summary replace its running state;
-        its maps stay while the next layer needs them, the maps of the layer below go."""
-        ck.state["finished"].append({"history": ck.records(layer.history_), "seconds": layer.seconds_,
-                                     "map_activity": [float(v) for v in layer.map_activity_],
-                                     "chain_affine": [float(chain_affine[0]), float(chain_affine[1])]})
-        ck.tensors[f"layer{i + 1}.filters"] = layer.filters_
-        ck.state.pop("current", None)
-        ck.tensors.pop("current.filters", None)
-        ck.tensors.pop("current.rng", None)
-        ck.state["maps"].pop(str(i), None)  # layer i's maps (1-based i) were layer i+1's inputs
-        if i + 1 == self.n_layers:
-            ck.state["maps"].pop(str(i + 1), None)
-        ck.write()
+    def _fit_layer(self, layer: int, spec: LayerSpec, inputs, shapes, ck, names):
+        """Train ``layer`` (1-based), or take it from the checkpoint when an earlier session
+        finished it; returns what it learned, its chaining affine and the next layer's inputs."""
+        last = layer == self.n_layers
+        if ck is not None and layer <= len(ck.run.finished):  # done in an earlier session
+            rec = ck.run.finished[layer - 1]
+            fit = LayerFit(ck.filters[layer].to(device=self.device, dtype=self.dtype), rec.history, None,
+                           np.asarray(rec.map_activity, dtype=np.float64), rec.seconds)
+            below = None  # the layer above trains on these maps only if it is not finished too
+            if not last and layer == len(ck.run.finished):
+                below = AffineMaps(ck.finished_maps(layer, self.device, self.dtype), *rec.chain_affine)
+            return fit, rec.chain_affine, below
+        maps = MapStore(len(inputs), spec.map_bytes(shapes), self.map_memory_limit, device=self.device,
+                        dtype=self.dtype)
+        hooks, state = [Progress(f"layer {layer}/{self.n_layers}", spec.n_epochs)] if self.progress else [], None
+        if ck is not None:
+            maps, state = ck.layer_maps(layer, maps), ck.resume(layer)
+            hooks.append(ck.hook(layer))
+            if state is not None:
+                state.filters = state.filters.to(device=self.device, dtype=self.dtype)
+        try:
+            fit = train_layer(inputs, shapes, spec, maps, state=state, hooks=hooks)
+        except DivergenceError as err:
+            which = ", ".join(names[j] for j in err.images)
+            raise DivergenceError(err.images, err.epoch, f"layer {layer}: {which}: {err.what}") from None
+        chain = (1.0, 0.0)
+        if not last and self.config.chain:
+            chain = rescale_affine(fit.maps, self.config.scaling)
+        above = None if last else AffineMaps(fit.maps, *chain)  # read when needed: the maps may be on disk
+        if ck is not None:
+            ck.finish_layer(layer, fit, chain, self.n_layers)
+        fit.maps = None  # the next layer holds what it needs; free the memory
+        return fit, chain, above
 
     # ------------------------------------------------------------ inference
-    def _infer_prepared(self, Y: list[torch.Tensor], upto: int) -> list[list[torch.Tensor]]:
-        """Maps of layers ``1..upto`` for prepared inputs: ``out[l][i]`` is ``(K, H', W')``."""
+    def infer_prepared(self, Y: list[torch.Tensor], upto: int) -> list[list[torch.Tensor]]:
+        """Maps of layers ``1..upto`` for inputs from :meth:`prepare`: ``out[l][i]`` is
+        ``(K, H', W')``."""
         out = []
         for i in range(upto):
             Z = self.layers_[i].transform([y[0] for y in Y])
@@ -299,15 +265,15 @@ class DeconvNet:
         list of ``(K_l, H_l, W_l)`` tensors when the images differ in size.
         """
         self._check_fitted()
-        upto = self.n_layers if layers is None else self._check_layer(layers)
-        per_layer = self._infer_prepared(self.prepare(images), upto)
+        upto = self.n_layers if layers is None else self.check_layer(layers)
+        per_layer = self.infer_prepared(self.prepare(images), upto)
         return [torch.stack(Z) if len({tuple(z.shape) for z in Z}) == 1 else Z for Z in per_layer]
 
     def synthesize_down(self, z: torch.Tensor, layer: int) -> torch.Tensor:
         """Maps of ``layer`` ``(N, K, H', W')`` -> layer 1's input space ``(N, C, H, W)``,
         undoing each chaining step on the way down."""
         self._check_fitted()
-        self._check_layer(layer)
+        self.check_layer(layer)
         x = z.to(device=self.device, dtype=self.dtype)
         for i in range(layer - 1, -1, -1):
             x = self.layers_[i].inverse_transform(x)
@@ -323,9 +289,9 @@ class DeconvNet:
         input space (preprocessed and rescaled); :func:`snr_db` compares them.
         """
         self._check_fitted()
-        self._check_layer(layer)
+        self.check_layer(layer)
         Y = self.prepare(images)
-        Z = self._infer_prepared(Y, layer)[layer - 1]
+        Z = self.infer_prepared(Y, layer)[layer - 1]
         recon = [self.synthesize_down(z[None], layer)[0] for z in Z]
         return recon, [y[0] for y in Y]
 
@@ -333,7 +299,7 @@ class DeconvNet:
         """Indices of ``layer``'s maps, most active in training first (index order when the
         activity is unknown)."""
         self._check_fitted()
-        lay = self.layers_[self._check_layer(layer) - 1]
+        lay = self.layers_[self.check_layer(layer) - 1]
         act = getattr(lay, "map_activity_", None)
         if act is None:
             return np.arange(lay.n_maps)
@@ -346,21 +312,19 @@ class DeconvNet:
         through all the layers below it (see the module docstring); layer 1 gives its filters.
         """
         self._check_fitted()
-        self._check_layer(layer)
+        self.check_layer(layer)
         K = self.layers_[layer - 1].n_maps
         x = torch.eye(K, dtype=self.dtype, device=self.device)[:, :, None, None]  # K impulses, 1x1
         for i in range(layer - 1, -1, -1):
             lay = self.layers_[i]
             s = lay.filter_size
-            x = synthesize(F.pad(x, (s - 1,) * 4), lay.filters_, lay._g, "valid")  # full convolution
+            x = synthesize(F.pad(x, (s - 1,) * 4), lay.filters_, lay.connectivity_, "valid")  # full convolution
         return x
 
     # --------------------------------------------------------------- files
     def save(self, path) -> Path:
         """Write ``model.safetensors`` and ``model.json`` (``path``: a folder or a
         ``.safetensors`` file); see :mod:`deconvnet.model_io`. Returns the weights path."""
-        from .model_io import save_model  # noqa: PLC0415
-
         self._check_fitted()
         for i, lay in enumerate(self.layers_, start=1):
             if not bool(torch.isfinite(lay.filters_).all()):
@@ -370,7 +334,11 @@ class DeconvNet:
     @classmethod
     def load(cls, path, *, device="cpu") -> "DeconvNet":
         """Read a model written by :meth:`save`; never unpickles. ``path``: run folder,
-        ``.safetensors`` or ``.json`` file."""
-        from .model_io import load_model  # noqa: PLC0415
-
-        return load_model(path, device=device)
+        ``.safetensors`` or ``.json`` file. Raises :class:`~deconvnet.ModelFileError`."""
+        saved = load_model(path)
+        net = cls(saved.config, device=device)
+        try:
+            specs = net.specs(saved.tables)
+        except ValueError as err:  # a table that leaves a map unconnected, ...
+            raise ModelFileError(f"{path}: inconsistent model (ValueError: {err})") from None
+        return net.adopt(specs, saved.fits, saved.input_affine, saved.chain_affines, saved.connectivity_seeds)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _malloc
 from ._checks import check_boundary, check_filters, check_same, check_tensor, image_size, map_size
 
 __all__ = ["ConvOperator", "MapOperator", "synthesize", "synthesize_adjoint", "filter_gradient", "as_connectivity"]
@@ -87,8 +86,6 @@ class ConvOperator:
     def __init__(self, f: torch.Tensor, g=None, boundary: str = "valid"):
         K, C, s = check_filters(f)
         self.boundary = check_boundary(boundary)
-        if f.device.type == "cpu":
-            _malloc.tune()  # once per process; see deconvnet._malloc
         self.K, self.C, self.s = K, C, s
         self.dtype, self.device = f.dtype, f.device
         self.g = as_connectivity(g, K, C, device=f.device)

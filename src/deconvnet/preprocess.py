@@ -1,7 +1,8 @@
-r"""Image loading and the 2010 toolbox's preprocessing (Zeiler et al. 2010; toolbox
+r"""The 2010 toolbox's preprocessing (Zeiler et al. 2010; toolbox
 ``Image_Functions/CreateImages.m`` and ``Training/train.m``; see ``docs/paper_map.md``).
 
-Arrays here are numpy ``(C, H, W)`` float64 per image; the layer converts them to tensors.
+Arrays here are numpy ``(C, H, W)`` float64 per image, as :mod:`deconvnet.images` reads them;
+the network converts them to tensors.
 
 ``local_contrast_normalize`` (toolbox 2010 "local CN", paper-notes Sec. 4a):
     per channel, subtract the image mean; with a 5x5 Gaussian ``k`` (sigma 1.591, unit sum),
@@ -27,39 +28,13 @@ Arrays here are numpy ``(C, H, W)`` float64 per image; the layer converts them t
 
 from __future__ import annotations
 
-import math
-import warnings
-from pathlib import Path
-
 import numpy as np
 from scipy.signal import convolve2d
 
+from .config import PREPROCESSING
+
 __all__ = ["gaussian_kernel", "local_contrast_normalize", "laplacian_normalize", "local_normalize_2011",
-           "preprocess", "list_images", "to_chw", "rescale_affine", "rescale_dataset", "resize_max_side", "load_image", "load_folder",
-           "ImageReadError", "IMAGE_SUFFIXES", "MAX_PIXELS", "PREPROCESSING"]
-
-PREPROCESSING = ("toolbox2010", "laplacian", "lcn2011", "none")
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
-
-#: The most pixels :func:`load_image` accepts (about 134 million, e.g. 16384 x 8192); a larger
-#: file is refused from its header, before anything is decoded. PIL's own guard against
-#: "decompression bombs" warns from ``PIL.Image.MAX_IMAGE_PIXELS`` (89 million) and refuses
-#: at twice that; the warning is silenced here because this limit replaces it.
-MAX_PIXELS = 2 ** 27
-
-
-class ImageReadError(ValueError):
-    """An image file that cannot be used; ``reason`` says why, without the path."""
-
-    def __init__(self, path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = Path(path), reason
-
-
-class _Unusable(Exception):
-    """Raised inside the decoder with a reason; :func:`load_image` adds the path."""
-
+           "preprocess", "rescale_affine", "rescale_dataset"]
 
 def gaussian_kernel(size: int = 5, sigma: float = 1.591) -> np.ndarray:
     """``size x size`` Gaussian with unit sum (toolbox default 5, 1.591)."""
@@ -169,145 +144,3 @@ def rescale_dataset(images: list[np.ndarray]) -> list[np.ndarray]:
     return [im * scale + shift for im in images]
 
 
-def resize_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
-    """Downscale ``(C, H, W)`` (anti-aliased) so that its longer side is at most ``max_side``."""
-    if max_side is None or max(image.shape[1:]) <= max_side:
-        return image
-    from skimage.transform import resize  # noqa: PLC0415
-
-    factor = max_side / max(image.shape[1:])
-    H, W = (max(1, round(n * factor)) for n in image.shape[1:])
-    return np.stack([resize(x, (H, W), anti_aliasing=True, preserve_range=True) for x in image])
-
-
-def to_chw(image: np.ndarray, color: str = "gray") -> np.ndarray:
-    """An image array ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` -> ``(C, H, W)`` float64.
-
-    Integer images are scaled to [0, 1] (uint8 by 255, uint16 by 65535; ``img_as_float64``),
-    an alpha channel is blended onto white (``rgba2rgb``), and the result is grey
-    (``rgb2gray``, ``C = 1``) or RGB (``C = 3``, grey images repeated) as ``color`` asks.
-    """
-    from skimage import color as skcolor  # noqa: PLC0415
-    from skimage import util  # noqa: PLC0415
-
-    if color not in ("gray", "rgb"):
-        raise ValueError(f"color={color!r} is not supported; use 'gray' or 'rgb'")
-    im = np.asarray(image)
-    if not (im.ndim == 2 or (im.ndim == 3 and im.shape[2] in (3, 4))):
-        raise ValueError(f"an image has shape {im.shape}; expected (H, W) grey or (H, W, 3) RGB")
-    im = util.img_as_float64(im)
-    if im.ndim == 3 and im.shape[2] == 4:
-        im = skcolor.rgba2rgb(im)
-    if im.ndim == 2:
-        im = im[:, :, None].repeat(3, axis=2) if color == "rgb" else im
-    elif color == "gray":
-        im = skcolor.rgb2gray(im)
-    return im[None] if im.ndim == 2 else np.moveaxis(im, 2, 0)
-
-
-def load_image(path, color: str = "gray", max_side: int | None = None) -> np.ndarray:
-    """Read an image file through PIL as ``(C, H, W)`` float64 in [0, 1] (see :func:`to_chw`).
-
-    The file's mode decides the conversion to what :func:`to_chw` takes: palette images are
-    expanded (to RGBA when a colour is transparent), CMYK and the other colour spaces go to
-    RGB, grey + alpha to RGBA (so alpha is blended on white), bilevel to 8-bit grey, and 16-bit
-    grey stays 16-bit (scaled by 65535). With ``max_side``, the image is downscaled as
-    :func:`resize_max_side` does; a much larger image is shrunk while it is read (JPEG
-    ``draft``, PIL ``reduce``, to about twice ``max_side``), so that it is never held at full
-    size in floating point.
-
-    Raises :class:`ImageReadError` (a ``ValueError``) saying why a file cannot be used: empty,
-    not an image, truncated or corrupt, more than :data:`MAX_PIXELS` pixels, or of a mode that
-    has no sensible conversion.
-    """
-    from PIL import Image  # noqa: PLC0415
-
-    path = Path(path)
-    if path.is_dir():
-        raise ImageReadError(path, "a folder, not an image file")
-    try:
-        if path.stat().st_size == 0:
-            raise ImageReadError(path, "an empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS replaces it
-            with Image.open(path) as im:
-                array = _decode(im, max_side)
-    except ImageReadError:
-        raise
-    except _Unusable as err:
-        raise ImageReadError(path, str(err)) from None
-    except Image.UnidentifiedImageError:
-        raise ImageReadError(path, "not an image file (PIL cannot identify its format)") from None
-    except Image.DecompressionBombError as err:
-        raise ImageReadError(path, f"too large for PIL ({err})") from None
-    except (FileNotFoundError, PermissionError) as err:
-        raise ImageReadError(path, f"cannot be opened ({err.strerror or err})") from None
-    except MemoryError:
-        raise ImageReadError(path, "not enough memory to decode it") from None
-    except Exception as err:  # PIL reports damaged data as OSError, SyntaxError, ValueError, EOFError...
-        raise ImageReadError(path, f"truncated or corrupt ({type(err).__name__}: {str(err)[:80]})") from None
-    return resize_max_side(to_chw(array, color), max_side)
-
-
-def _decode(im, max_side: int | None) -> np.ndarray:
-    """A PIL image -> ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` array (uint8, uint16 or
-    float32), shrunk on the way when it is more than twice ``max_side``."""
-    w, h = im.size
-    if w * h > MAX_PIXELS:
-        raise _Unusable(f"too large: {w}x{h} is {w * h / 1e6:.0f} megapixels, more than the "
-                        f"{MAX_PIXELS / 1e6:.0f} that deconvnet reads (preprocess.MAX_PIXELS)")
-    target = None if max_side is None else 2 * max_side
-    if target is not None and im.format == "JPEG" and max(w, h) > target:
-        scale = target / max(w, h)  # the decoder picks 1/2, 1/4 or 1/8 that keeps at least this
-        im.draft(None, (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
-    im = _standard_mode(im)
-    sixteen = im.mode == "I"
-    if sixteen:
-        lo, hi = im.getextrema()
-        if lo < 0 or hi > 65535:
-            raise _Unusable(f"32-bit integer pixels ({lo} to {hi}) are not supported; save it as 8 or 16 bit")
-    if target is not None and max(im.size) // target >= 2:
-        im = im.reduce(max(im.size) // target)
-    a = np.asarray(im)
-    return a.astype(np.uint16) if sixteen else a
-
-
-#: PIL modes -> the mode they are read in: as they are, to RGB, or to RGBA (alpha kept).
-_KEEP_MODES = ("L", "RGB", "RGBA", "F", "I")
-_RGBA_MODES = ("LA", "La", "PA", "RGBa")
-
-
-def _standard_mode(im):
-    """``im`` in one of ``L``, ``RGB``, ``RGBA``, ``F`` (float) or ``I`` (16-bit grey, widened)."""
-    mode = im.mode
-    if mode in _KEEP_MODES:
-        return im
-    if mode == "1":
-        target = "L"
-    elif mode.startswith("I;16"):
-        target = "I"  # PIL's 16-bit modes cannot be reduced; "I" holds the same values
-    elif mode in _RGBA_MODES or (mode == "P" and "transparency" in im.info):
-        target = "RGBA"
-    else:  # P, CMYK, YCbCr, LAB, HSV, RGBX...
-        target = "RGB"
-    try:
-        return im.convert(target)
-    except ValueError:
-        raise _Unusable(f"PIL mode {mode!r} has no conversion to {target}") from None
-
-
-def list_images(folder) -> list[Path]:
-    """The image files of a folder (by suffix, sorted by name; sub-folders are not searched)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder")
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    return paths
-
-
-def load_folder(folder, color: str = "gray", max_side: int | None = None) -> tuple[list[np.ndarray], list[Path]]:
-    """All images of a folder (sorted by name), as :func:`load_image` reads them."""
-    paths = list_images(folder)
-    return [load_image(p, color, max_side) for p in paths], paths

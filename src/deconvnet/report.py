@@ -92,7 +92,7 @@ def build_report(net: DeconvNet, *, title: str = "deconvnet run", images=None, i
         names = image_names or [str(i + 1) for i in range(len(images))]
         Y = net.prepare(images)
         targets = [y[0].cpu() for y in Y]
-        maps = net._infer_prepared(Y, net.n_layers)  # every layer, inferred once
+        maps = net.infer_prepared(Y, net.n_layers)  # every layer, inferred once
         for j, name in enumerate(names):
             target = targets[j]
             zoom = _zoom_for(max(target.shape[1:]), 200)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_p, check_positive
+from .._checks import check_p, check_positive
 
 __all__ = ["shrink", "shrink_threshold", "penalty", "penalty_map"]
 
