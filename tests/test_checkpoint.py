@@ -112,7 +112,8 @@ def test_a_damaged_checkpoint_gives_a_clear_error(tmp_path, damage):
     state = tmp_path / "ck" / "state.safetensors"
     data = state.read_bytes()
     state.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00" * 64 + data[64:], "empty": b""}[damage])
-    with pytest.raises(CheckpointError, match="checkpoint"):
+    # not match="checkpoint": the path in the message (tmp_path holds the test's name) has it anyway
+    with pytest.raises(CheckpointError, match=r"state\.safetensors: unreadable checkpoint \(SafetensorError: "):
         dn.DeconvNet(small_config()).fit(images(), checkpoint=tmp_path / "ck")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -210,9 +211,12 @@ def test_unknown_preset_and_missing_command_exit_2(capsys):
 def test_model_command_errors(trained, tmp_path, capsys):
     images, run = trained
     img = images / "coins.png"
-    expect_error(capsys, ["infer", run, img, "--layer", "5", "--out", tmp_path / "m"], "layer")
-    expect_error(capsys, ["project", run, "--layer", "0", "--out", tmp_path / "p"], "layer")
-    expect_error(capsys, ["reconstruct", run, img, "--layer", "3", "--out", tmp_path / "r.png"], "layer")
+    expect_error(capsys, ["infer", run, img, "--layer", "5", "--out", tmp_path / "m"],
+                 "layer=5 is not allowed: this network has layers 1 to 2")
+    expect_error(capsys, ["project", run, "--layer", "0", "--out", tmp_path / "p"],
+                 "layer=0 is not allowed: this network has layers 1 to 2")
+    expect_error(capsys, ["reconstruct", run, img, "--layer", "3", "--out", tmp_path / "r.png"],
+                 "layer=3 is not allowed: this network has layers 1 to 2")
     expect_error(capsys, ["reconstruct", run, img, "--layer", "1", "--out", tmp_path / "r.jpg"], "png")
     expect_error(capsys, ["reconstruct", run, img, "--layer", "1", "--out", tmp_path / "no" / "r.png"], "exist")
     expect_error(capsys, ["infer", tmp_path / "no-model", img, "--out", tmp_path / "m"], "no-model")
@@ -229,10 +233,12 @@ def test_corrupted_model_errors(trained, tmp_path, capsys):
     blob[len(blob) // 2] ^= 0x10
     (bad / "model.safetensors").write_bytes(bytes(blob))
     img = images / "coins.png"
-    expect_error(capsys, ["infer", bad, img, "--out", tmp_path / "m"], "corrupted")
-    expect_error(capsys, ["project", bad, "--out", tmp_path / "p"], "corrupted")
-    expect_error(capsys, ["reconstruct", bad, img, "--layer", "1", "--out", tmp_path / "r.png"], "corrupted")
-    expect_error(capsys, ["report", bad], "corrupted")
+    # the reason itself, not just "corrupted": the path in the message holds the test's name
+    corrupted = "model.safetensors: does not match model.json (the weights file is truncated, corrupted or from"
+    expect_error(capsys, ["infer", bad, img, "--out", tmp_path / "m"], corrupted)
+    expect_error(capsys, ["project", bad, "--out", tmp_path / "p"], corrupted)
+    expect_error(capsys, ["reconstruct", bad, img, "--layer", "1", "--out", tmp_path / "r.png"], corrupted)
+    expect_error(capsys, ["report", bad], corrupted)
     (bad / "model.json").write_text("{")
     expect_error(capsys, ["project", bad / "model.json", "--out", tmp_path / "p"], "JSON")
 
@@ -347,7 +353,8 @@ def test_every_image_smaller_than_the_filters_names_the_setting(tmp_path, capsys
                  "layer1.filter_size=7 is larger than every image that could be read (largest 5x5)")
     assert not (tmp_path / "r").exists()
     said: list[str] = []
-    with pytest.raises(cli.UserError) as info:
+    with pytest.raises(cli.UserError, match=re.escape("layer1.filter_size=7 is larger than every image that could "
+                                                      "be read (largest 5x5, 1x1 after preprocessing)")) as info:
         cli._usable_images(tmp_path / "images", "gray", 11, None, filter_size=7, say=said.append)
     assert len(said) == 3 and all(line.startswith("skipped ") for line in said)  # listed before the error
     assert "(largest 5x5, 1x1 after preprocessing)" in str(info.value)
@@ -487,7 +494,7 @@ def test_train_on_a_full_disk(trained, tmp_path, capsys, monkeypatch, names):
     assert no_temporary_files(out)
     if names[0].startswith("model."):
         assert not (out / "model.safetensors").exists() and not (out / "model.json").exists()
-        with pytest.raises(ModelFileError):
+        with pytest.raises(ModelFileError, match=re.escape(f"{out / 'model.json'}: model description (JSON) not found")):
             DeconvNet.load(out)
 
 

@@ -8,6 +8,7 @@ the standard json module, and hand-written expectations for each rejected field.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import FrozenInstanceError, replace
 
 import pytest
@@ -61,9 +62,12 @@ def test_fast_preset_same_network_other_solver():
         assert lc.method == "fista" and lc.batch_size > 1
 
 
-@pytest.mark.parametrize("name,n", [("nope", 2), ("zeiler2010", 0)])
-def test_bad_preset_raises(name, n):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize("name,n,match", [
+    ("nope", 2, "preset='nope' is not allowed: one of zeiler2010, fast"),
+    ("zeiler2010", 0, "layers=0 is not allowed: an integer >= 1"),
+], ids=["nope-2", "zeiler2010-0"])
+def test_bad_preset_raises(name, n, match):
+    with pytest.raises(ConfigError, match=f"^{re.escape(match)}$"):
         preset(name, n)
 
 
@@ -107,7 +111,7 @@ def test_bad_net_field_names_the_field(field, value):
 
 
 def test_empty_layers_rejected():
-    with pytest.raises(ConfigError, match="layers"):
+    with pytest.raises(ConfigError, match=r"^layers=\[\] is not allowed: at least one layer$"):
         NetConfig(layers=())
 
 
@@ -132,9 +136,9 @@ def test_layer_to_layer_fit_is_checked():
 
 def test_configs_are_frozen():
     cfg = preset("zeiler2010", 1)
-    with pytest.raises(FrozenInstanceError):
+    with pytest.raises(FrozenInstanceError, match="cannot assign to field 'seed'"):
         cfg.seed = 3
-    with pytest.raises(FrozenInstanceError):
+    with pytest.raises(FrozenInstanceError, match="cannot assign to field 'lam'"):
         cfg.layers[0].lam = 3.0
 
 
@@ -205,7 +209,7 @@ def test_load_config_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("doc", [[1, 2], "text", 3, None])
 def test_from_dict_rejects_non_objects(doc):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=f"^a configuration must be a JSON object, got {type(doc).__name__}$"):
         NetConfig.from_dict(doc)
 
 
@@ -258,10 +262,14 @@ def test_bad_overrides_raise_config_error(item, match):
         apply_overrides(preset("zeiler2010", 3), [item])
 
 
-@pytest.mark.parametrize("kw", [{"n_maps": 0}, {"n_maps": 4, "lam": -1.0}, {"n_maps": 4, "p": 2.0}])
-def test_layer_config_is_validated_on_construction(kw):
+@pytest.mark.parametrize("kw,match", [
+    ({"n_maps": 0}, "layer.n_maps=0 is not allowed: an integer >= 1"),
+    ({"n_maps": 4, "lam": -1.0}, "layer.lam=-1.0 is not allowed: a number > 0"),
+    ({"n_maps": 4, "p": 2.0}, "layer.p=2.0 is not allowed: a number in (0, 1]"),
+], ids=["n_maps-0", "lam-negative", "p-2"])
+def test_layer_config_is_validated_on_construction(kw, match):
     """The module docstring says both dataclasses are validated on construction."""
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=f"^{re.escape(match)}$"):
         LayerConfig(**kw)
 
 

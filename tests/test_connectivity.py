@@ -7,6 +7,7 @@ pairs while possible, reproducible per seed).
 
 from __future__ import annotations
 
+import re
 from itertools import combinations
 from math import comb
 
@@ -58,14 +59,22 @@ def test_paper_sizes():
     assert len(set(_pairs(g))) == 150  # 150 <= C(45, 2) = 990: all distinct
 
 
-@pytest.mark.parametrize("kind,K,C", [
-    ("singles", 3, 4), ("singles", 5, 4),
-    ("singles+pairs", 9, 9), ("singles+pairs", 44, 9), ("singles+pairs", 46, 9),
-    ("random-pairs", 3, 1),
-    ("no-such-kind", 3, 3),
-])
-def test_wrong_sizes_and_kinds_raise_value_error(kind, K, C):
-    with pytest.raises(ValueError):
+WRONG_SIZES_AND_KINDS = [
+    ("singles", 3, 4, "connectivity 'singles' on 4 input maps gives 4 maps, not 3"),
+    ("singles", 5, 4, "connectivity 'singles' on 4 input maps gives 4 maps, not 5"),
+    ("singles+pairs", 9, 9, "connectivity 'singles+pairs' on 9 input maps gives 45 maps, not 9"),
+    ("singles+pairs", 44, 9, "connectivity 'singles+pairs' on 9 input maps gives 45 maps, not 44"),
+    ("singles+pairs", 46, 9, "connectivity 'singles+pairs' on 9 input maps gives 45 maps, not 46"),
+    ("random-pairs", 3, 1, "connectivity 'random-pairs' needs at least 2 input maps, got 1"),
+    ("no-such-kind", 3, 3, "connectivity 'no-such-kind' is not known; use one of full, singles, singles+pairs, "
+                           "random-pairs"),
+]
+
+
+@pytest.mark.parametrize("kind,K,C,match", WRONG_SIZES_AND_KINDS,
+                         ids=[f"{kind}-{K}-{C}" for kind, K, C, _ in WRONG_SIZES_AND_KINDS])
+def test_wrong_sizes_and_kinds_raise_value_error(kind, K, C, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
         connectivity(kind, K, C)
 
 

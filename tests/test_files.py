@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 
 import pytest
@@ -49,7 +50,7 @@ def test_full_disk_keeps_the_old_file_and_removes_the_temporary(tmp_path, monkey
     target = tmp_path / "model.json"
     target.write_bytes(b"old")
     monkeypatch.setattr(_files.os, where, full_disk)
-    with pytest.raises(OSError) as info:
+    with pytest.raises(OSError, match=re.escape("cannot write (No space left on device)")) as info:
         atomic_write_bytes(target, b"new content")
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
     assert "No space left on device" in info.value.strerror
@@ -82,7 +83,7 @@ def test_failing_write_of_a_new_file_leaves_nothing(tmp_path, monkeypatch):
 
 def test_permission_error_keeps_its_type(tmp_path, monkeypatch):
     monkeypatch.setattr(_files.os, "replace", denied)
-    with pytest.raises(PermissionError) as info:
+    with pytest.raises(PermissionError, match=re.escape("cannot write (Permission denied)")) as info:
         atomic_write_bytes(tmp_path / "a", b"x")
     assert info.value.filename == str(tmp_path / "a")
     assert leftovers(tmp_path) == []
@@ -90,7 +91,7 @@ def test_permission_error_keeps_its_type(tmp_path, monkeypatch):
 
 def test_parent_is_a_regular_file(tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(NotADirectoryError) as info:
+    with pytest.raises(NotADirectoryError, match=re.escape("cannot write here (Not a directory)")) as info:
         atomic_write_bytes(tmp_path / "file" / "a.png", b"x")
     assert info.value.filename == str(tmp_path / "file" / "a.png")
 

@@ -1,6 +1,9 @@
-"""update_filters: monotone data term, unit-norm planes, recovery of planted filters."""
+"""Filter learning: the filter gradient against a brute-force oracle, update_filters (monotone
+data term, unit-norm planes, recovery of planted filters) and init_filters."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -42,6 +45,34 @@ def _plane_corr(a, b):
 
 def _g_t(g):
     return None if g is None else torch.as_tensor(g, dtype=torch.float64)
+
+
+def _planted_torch(seed=0, K=3, C=2, s=4, H=14, B=2, density=0.04, g=None):
+    gen = torch.Generator().manual_seed(seed)
+    f_true = deconvnet.normalize_planes(torch.randn(K, C, s, s, generator=gen, dtype=torch.float64), g)
+    Hz = H + s - 1
+    mask = torch.rand(B, K, Hz, Hz, generator=gen, dtype=torch.float64) < density
+    z = torch.randn(B, K, Hz, Hz, generator=gen, dtype=torch.float64) * mask
+    y = deconvnet.synthesize(z, f_true, g)
+    return y, z, f_true
+
+
+# ---------------------------------------------------------------- gradient
+def test_filter_gradient_matches_brute_force_over_unit_filters():
+    gen = torch.Generator().manual_seed(2)
+    K, C, s, H = 2, 2, 3, 5
+    z = torch.randn(2, K, H + s - 1, H + s - 1, generator=gen, dtype=torch.float64)
+    r = torch.randn(2, C, H, H, generator=gen, dtype=torch.float64)
+    G = deconvnet.filter_gradient(z, r)
+    brute = np.zeros((K, C, s, s))
+    for k in range(K):
+        for c in range(C):
+            for u in range(s):
+                for v in range(s):
+                    e = np.zeros((K, C, s, s))
+                    e[k, c, u, v] = 1.0
+                    brute[k, c, u, v] = (ref_synthesize(z, e) * to_np(r)).sum()
+    np.testing.assert_allclose(to_np(G), brute, atol=1e-10)
 
 
 # ---------------------------------------------------------------- monotone
@@ -146,6 +177,14 @@ def test_update_filters_float32_keeps_dtype_and_unit_norm(method):
     assert _data(y, z, out, 1.0, None, "valid") <= _data(y, z, f_start, 1.0, None, "valid") * (1 + 1e-5)
 
 
+def test_init_filters_is_seeded_and_unit_norm():
+    a = deconvnet.init_filters(5, 3, 7, seed=4)
+    b = deconvnet.init_filters(5, 3, 7, seed=4)
+    c = deconvnet.init_filters(5, 3, 7, seed=5)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    np.testing.assert_allclose(to_np(a.flatten(2).norm(dim=-1)), 1.0, atol=1e-6)
+
+
 # ---------------------------------------------------------------- planted recovery
 @pytest.mark.parametrize("boundary", ["valid", "circular"])
 @pytest.mark.parametrize("use_g", [False, True], ids=["full", "sparse_g"])
@@ -206,17 +245,25 @@ def test_update_filters_at_exact_optimum_stays_there():
 # ---------------------------------------------------------------- errors
 def test_update_filters_rejects_unknown_method():
     f_true, f, z, y = _planted(11)
-    with pytest.raises(ValueError, match=r".+"):
+    with pytest.raises(ValueError, match=re.escape("filter method='newton' is not known; use one of ('cg', 'gradient')")):
         deconvnet.update_filters(to_t(y), to_t(z), to_t(f), method="newton")
 
 
 def test_update_filters_rejects_maps_with_wrong_number_of_maps():
     f_true, f, z, y = _planted(11)
-    with pytest.raises(ValueError, match=r".+"):
+    with pytest.raises(ValueError, match=re.escape("z has 1 maps but the filters have K=2: z is (2, 1, 14, 13)")):
         deconvnet.update_filters(to_t(y), to_t(z[:, :1]), to_t(f))
+
+
+def test_update_filters_rejects_maps_that_do_not_fit_the_inputs():
+    y, z, f = _planted_torch()
+    with pytest.raises(ValueError, match=re.escape("maps of shape (2, 3, 16, 16) do not fit inputs of shape "
+                                                   "(2, 2, 14, 14): expected (2, 3, 17, 17)")):
+        deconvnet.update_filters(y, z[..., :-1, :-1], f)
 
 
 def test_update_filters_rejects_bad_boundary():
     f_true, f, z, y = _planted(11)
-    with pytest.raises(ValueError, match=r".+"):
+    with pytest.raises(ValueError, match=re.escape("boundary='reflect' is not supported; use one of "
+                                                   "('valid', 'circular')")):
         deconvnet.update_filters(to_t(y), to_t(z), to_t(f), boundary="reflect")

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 
 import numpy as np
@@ -60,10 +61,16 @@ def run(saved, tmp_path):
 
 
 def refuse(path, match):
-    """Loading must raise ModelFileError (and nothing else) with a one-line message."""
+    """Loading must raise ModelFileError (and nothing else) with a one-line message
+    ``PATH: REASON``; ``match`` must be found in the reason, since the path (tmp_path holds the
+    test's name, and every model path ends in model.json or model.safetensors) would match
+    words such as "truncated", "edited" or "safetensors" by itself."""
     with pytest.raises(ModelFileError, match=match) as info:
         DeconvNet.load(path)
-    assert "\n" not in str(info.value)
+    message = str(info.value)
+    assert "\n" not in message
+    _, sep, reason = message.partition(": ")
+    assert sep and re.search(match, reason), message
     return info.value
 
 
@@ -125,7 +132,8 @@ def test_load_never_unpickles(saved, monkeypatch):
 
 
 def test_saving_an_unfitted_network_fails(tmp_path):
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=re.escape("this DeconvNet is not trained: call fit(images) or "
+                                                     "DeconvNet.load(path)")):
         DeconvNet(NetConfig(layers=(LayerConfig(2, 3),))).save(tmp_path / "x")
 
 
@@ -580,7 +588,8 @@ def test_failed_resave_never_loads_a_mix(saved, tmp_path, monkeypatch):
     not load with whatever weights are left."""
     saved[0].save(tmp_path / "run")
     monkeypatch.setattr(os, "replace", disk_full_for((".json",)))
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=re.escape(f"cannot write (No space left on device): "
+                                                f"'{tmp_path / 'run' / 'model.json'}'")):
         fitted(seed=1).save(tmp_path / "run")
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
     refuse(tmp_path / "run", "not found")
@@ -589,7 +598,8 @@ def test_failed_resave_never_loads_a_mix(saved, tmp_path, monkeypatch):
 def test_failure_writing_the_weights_keeps_the_previous_model(saved, tmp_path, monkeypatch):
     saved[0].save(tmp_path / "run")
     monkeypatch.setattr(os, "replace", disk_full_for((".safetensors", ".json")))
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=re.escape(f"cannot write (No space left on device): "
+                                                f"'{tmp_path / 'run' / 'model.safetensors'}'")):
         fitted(seed=1).save(tmp_path / "run")
     monkeypatch.undo()
     assert_same_model(saved[0], DeconvNet.load(tmp_path / "run"))

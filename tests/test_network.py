@@ -10,6 +10,7 @@ overwritten with random values so the checks do not depend on training.
 
 from __future__ import annotations
 
+import re
 from itertools import combinations
 
 import numpy as np
@@ -250,24 +251,26 @@ def test_snr_db_formula():
 def test_unfitted_network_and_bad_layer_numbers():
     cfg = NetConfig(layers=(LayerConfig(2, 3, n_epochs=1), LayerConfig(3, 3, "singles+pairs", n_epochs=1)))
     net = DeconvNet(cfg)
-    with pytest.raises(RuntimeError, match="fit"):
+    not_trained = re.escape("this DeconvNet is not trained: call fit(images) or DeconvNet.load(path)")
+    with pytest.raises(RuntimeError, match=not_trained):
         net.infer(make_images(n=1))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=not_trained):
         net.project(1)
     net.fit(make_images(n=1, H=12, W=12))
     for bad in (0, 3, -1, True, 1.0):
-        with pytest.raises(ValueError, match="layer"):
+        match = re.escape(f"layer={bad!r} is not allowed: this network has layers 1 to 2")
+        with pytest.raises(ValueError, match=match):
             net.project(bad)
-        with pytest.raises(ValueError, match="layer"):
+        with pytest.raises(ValueError, match=match):
             net.reconstruct(make_images(n=1, H=12, W=12), bad)
-    with pytest.raises(ValueError, match="layer"):
+    with pytest.raises(ValueError, match=re.escape("layer=3 is not allowed: this network has layers 1 to 2")):
         net.infer(make_images(n=1, H=12, W=12), layers=3)
 
 
 def test_preset_name_and_bad_config():
     assert DeconvNet("fast").config.layers[0].method == "fista"
     assert DeconvNet().n_layers == 3
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=re.escape("config must be a NetConfig or a preset name, got int")):
         DeconvNet(config=42)
 
 
@@ -315,15 +318,31 @@ def test_map_order_and_activity_survive_save_load(tmp_path):
     assert loaded.map_order(2).tolist() == [2, 3, 5, 0, 4, 1]
 
 
-def test_std_scaling_gives_unit_variance_inputs_and_chained_maps():
-    """Oracle: numpy mean and std over the whole (preprocessed) set."""
+def test_std_scaling_gives_unit_variance_inputs_and_chained_maps(monkeypatch):
+    """Oracle: numpy mean and std over the whole (preprocessed) set, and over the inputs each
+    layer was trained on (recorded as DeconvLayer.fit receives them)."""
+    from deconvnet import DeconvLayer
+
+    trained_on = []
+    real_fit = DeconvLayer.fit
+
+    def recording_fit(self, images, **kwargs):
+        trained_on.append(np.concatenate([to_np(images[i]).ravel() for i in range(len(images))]))
+        return real_fit(self, images, **kwargs)
+
+    monkeypatch.setattr(DeconvLayer, "fit", recording_fit)
     images = make_images(n=3, H=24, W=24, seed=5)
     net = tiny_net([(3, 3, "full"), (6, 3, "singles+pairs")], images=images, scaling="std")
     Y = np.concatenate([to_np(y).ravel() for y in net.prepare(images)])
     assert abs(Y.mean()) < 1e-10 and abs(Y.std() - 1.0) < 1e-10
+    assert len(trained_on) == 2
+    np.testing.assert_allclose(trained_on[0], Y, rtol=0, atol=1e-12)  # layer 1 trains on the prepared set
     # the chaining affine maps layer-1 training maps (the ones layer 2 was trained on) to unit variance
     a, b = net.chain_affines_[0]
     assert a > 0 and np.isfinite(b)
+    Z = trained_on[1]
+    assert Z.size == 3 * 3 * 22 * 22  # 3 images x 3 maps of (24 - 4) + 3 - 1 = 22 pixels a side
+    assert abs(Z.mean()) < 1e-10 and abs(Z.std() - 1.0) < 1e-10
 
 
 def test_prepare_accepts_single_arrays_and_stacks():

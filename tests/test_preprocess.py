@@ -1,4 +1,5 @@
-"""Preprocessing and rescaling (deconvnet.preprocess).
+"""Preprocessing numerics and rescaling (deconvnet.preprocess); reading image files is in
+test_images.py.
 
 Oracles: Gaussian and Laplacian kernels written from their formulas (MATLAB fspecial), window
 sums over explicit numpy loops with np.pad(mode='symmetric') for the 2010 toolbox
@@ -7,6 +8,8 @@ the 2011 normalisation, and explicit min / max / mean for the [-1, 1] rescale.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -18,7 +21,6 @@ from deconvnet.preprocess import (
     preprocess,
     rescale_affine,
     rescale_dataset,
-    resize_max_side,
 )
 
 
@@ -141,14 +143,16 @@ def test_none_is_identity_in_float64(rng):
     np.testing.assert_array_equal(out, x.astype(np.float64))
 
 
-@pytest.mark.parametrize("image,kind", [
-    (np.zeros((16, 16)), "toolbox2010"),       # 2-D, not (C, H, W)
-    (np.zeros((1, 4, 10)), "toolbox2010"),     # smaller than the 5x5 window
-    (np.zeros((16, 16)), "laplacian"),
-    (np.zeros((1, 16, 16)), "sharpen"),        # unknown kind
-])
-def test_bad_inputs_raise_value_error(image, kind):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("image,kind,match", [
+    (np.zeros((16, 16)), "toolbox2010", "image must have shape (C, H, W), got (16, 16)"),  # 2-D
+    (np.zeros((1, 4, 10)), "toolbox2010",
+     "image of size (4, 10) is smaller than the 5x5 normalisation window"),
+    (np.zeros((16, 16)), "laplacian", "image must have shape (C, H, W), got (16, 16)"),
+    (np.zeros((1, 16, 16)), "sharpen",                                                      # unknown kind
+     "preprocess='sharpen' is not known; use one of toolbox2010, laplacian, lcn2011, none"),
+], ids=["2d-toolbox2010", "too-small-toolbox2010", "2d-laplacian", "unknown-kind"])
+def test_bad_inputs_raise_value_error(image, kind, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
         preprocess(image, kind)
 
 
@@ -177,28 +181,10 @@ def test_rescale_affine_std_mode_is_joint_standardisation(rng):
     scale, shift = rescale_affine(images, "std")
     flat = np.concatenate([im.ravel() for im in images])
     np.testing.assert_allclose(scale * flat + shift, (flat - flat.mean()) / flat.std(), rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("mode='median' is not known; use 'minmax' or 'std'")):
         rescale_affine(images, "median")
 
 
 def test_rescale_constant_set_only_centres():
     scale, shift = rescale_affine([np.full((1, 3, 3), 2.0), np.full((1, 2, 2), 2.0)])
     assert scale == 1.0 and scale * 2.0 + shift == pytest.approx(0.0)
-
-
-# ------------------------------------------------------------------- resize
-def test_resize_max_side_shapes_and_range():
-    x = np.full((2, 40, 20), 200.0)
-    y = resize_max_side(x, 20)
-    assert y.shape == (2, 20, 10)
-    np.testing.assert_allclose(y, 200.0)  # values are not rescaled to [0, 1]
-    assert resize_max_side(x, 40) is x
-    assert resize_max_side(x, None) is x
-
-
-def test_resize_max_side_keeps_mean_of_smooth_image():
-    i, j = np.mgrid[:36, :24]
-    x = (np.sin(i / 9.0) + np.cos(j / 7.0))[None]
-    y = resize_max_side(x, 18)
-    assert y.shape == (1, 18, 12)
-    assert abs(y.mean() - x.mean()) < 0.02

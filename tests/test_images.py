@@ -1,9 +1,11 @@
-"""Reading image files (deconvnet.preprocess.load_image): modes, damaged files, large files.
+"""Reading images (deconvnet.preprocess: load_image, to_chw, resize_max_side): PIL modes,
+damaged files, the pixel limit, large files, downscaling.
 
 Oracles: the pixel arrays the test files are written from, divided by 255 or 65535 and
 blended on white by hand; PIL's own ``convert('RGB')`` for CMYK and palettes; skimage's
 grey weights (0.2125, 0.7154, 0.0721) written out; :func:`to_chw` on the same array for the
-claim that files and arrays take one path; tracemalloc for the memory a large file costs.
+claim that files and arrays take one path; tracemalloc for the memory a large file costs;
+a constant image and a smooth one for resize_max_side's range and mean.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def test_unusable_files_raise_image_read_error_with_a_reason(tmp_path, name, con
 
 
 def test_a_folder_is_not_an_image(tmp_path):
-    with pytest.raises(ImageReadError, match="folder"):
+    with pytest.raises(ImageReadError, match=r": a folder, not an image file$"):  # tmp_path says "folder" too
         load_image(tmp_path)
 
 
@@ -219,3 +221,21 @@ def test_max_side_keeps_smaller_images_as_they_are(tmp_path):
     Image.fromarray(a).save(tmp_path / "a.png")
     same(load_image(tmp_path / "a.png", "rgb", max_side=40), chw(a) / 255.0)
     assert load_image(tmp_path / "a.png", "rgb", max_side=20).shape == (3, 15, 20)
+
+
+# ------------------------------------------------------------------- resize_max_side
+def test_resize_max_side_shapes_and_range():
+    x = np.full((2, 40, 20), 200.0)
+    y = resize_max_side(x, 20)
+    assert y.shape == (2, 20, 10)
+    np.testing.assert_allclose(y, 200.0)  # values are not rescaled to [0, 1]
+    assert resize_max_side(x, 40) is x
+    assert resize_max_side(x, None) is x
+
+
+def test_resize_max_side_keeps_mean_of_smooth_image():
+    i, j = np.mgrid[:36, :24]
+    x = (np.sin(i / 9.0) + np.cos(j / 7.0))[None]
+    y = resize_max_side(x, 18)
+    assert y.shape == (1, 18, 12)
+    assert abs(y.mean() - x.mean()) < 0.02
