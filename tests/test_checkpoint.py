@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import deconvnet as dn
-import deconvnet.layer as layer_mod
+import deconvnet.train as train_mod
 from deconvnet.checkpoint import Checkpoint, CheckpointError
 from deconvnet.config import apply_overrides
 
@@ -79,7 +79,7 @@ def test_a_run_interrupted_after_any_filter_update_resumes_to_the_same_filters(t
     if method not in REFERENCES:
         REFERENCES[method] = filters(dn.DeconvNet(cfg).fit(images()))
     ref = REFERENCES[method]
-    real = layer_mod.update_filters
+    real = train_mod.learn_filters
     calls = {"n": 0}
 
     def dying_update(*args, **kwargs):
@@ -88,10 +88,10 @@ def test_a_run_interrupted_after_any_filter_update_resumes_to_the_same_filters(t
             raise Interrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(layer_mod, "update_filters", dying_update)
+    monkeypatch.setattr(train_mod, "learn_filters", dying_update)
     with pytest.raises(Interrupt):
         dn.DeconvNet(cfg, map_memory_limit=limit).fit(images(), checkpoint=tmp_path / "ck", checkpoint_every=0)
-    monkeypatch.setattr(layer_mod, "update_filters", real)
+    monkeypatch.setattr(train_mod, "learn_filters", real)
     resumed = dn.DeconvNet(cfg, map_memory_limit=limit).fit(images(), checkpoint=tmp_path / "ck",
                                                             checkpoint_every=0)
     assert_same_filters(filters(resumed), ref)
@@ -118,17 +118,17 @@ def test_a_damaged_checkpoint_gives_a_clear_error(tmp_path, damage):
 
 
 def test_a_diverging_solve_names_the_layer_and_the_image_and_writes_no_nan(tmp_path, monkeypatch):
-    real = layer_mod.sparse_code
+    real = train_mod.solve
     calls = {"n": 0}
 
-    def diverging(y, f, **kwargs):
-        res = real(y, f, **kwargs)
+    def diverging(op, y, opts, z0=None):
+        res = real(op, y, opts, z0)
         calls["n"] += 1
         if calls["n"] == 18:  # layer 2, epoch 1
             res.z = res.z * float("nan")
         return res
 
-    monkeypatch.setattr(layer_mod, "sparse_code", diverging)
+    monkeypatch.setattr(train_mod, "solve", diverging)
     files = []
     for i, im in enumerate(images()):
         files.append(tmp_path / f"photo{i}.png")
@@ -146,7 +146,7 @@ def test_a_diverging_solve_names_the_layer_and_the_image_and_writes_no_nan(tmp_p
 
 def test_no_checkpoint_with_nan_is_written(tmp_path):
     ck = Checkpoint(tmp_path / "ck")
-    ck.state, ck.tensors = {"maps": {}}, {"current.filters": torch.tensor([1.0, float("nan")])}
+    ck.filters = {1: torch.tensor([1.0, float("nan")])}
     with pytest.raises(FloatingPointError, match="NaN"):
         ck.write()
     assert not ck.path.exists()
@@ -246,7 +246,7 @@ def test_nan_in_an_input_stops_with_the_layer_and_the_image(tmp_path, capsys):
     f = np.full((20, 24), 0.5, dtype=np.float32)
     f[1, 1] = np.inf
     Image.fromarray(f, mode="F").save(folder / "float.tif")
-    with pytest.raises(ValueError, match=r"layer 1: input image 0 \(float.tif\) contains NaN or Inf"):
+    with pytest.raises(ValueError, match=r"layer 1: input image \S*float.tif contains NaN or Inf"):
         dn.DeconvNet(small_config()).fit([folder / "float.tif"])
     assert main(["train", str(folder), "--out", str(tmp_path / "run"), "--quiet", "--no-report",
                  *SETTINGS_CLI]) == 2

@@ -25,7 +25,8 @@ from skimage.transform import resize
 from skimage.util import img_as_ubyte
 from conftest import rewrite_model_consistently
 
-from deconvnet import cli
+from deconvnet import images as images_mod
+from deconvnet.images import read_folder
 from deconvnet.cli import main
 from deconvnet.config import NetConfig
 from deconvnet.model_io import ModelFileError
@@ -328,19 +329,20 @@ def test_train_on_a_folder_of_awkward_files(tmp_path, capsys):
 
 
 def test_large_image_is_read_at_max_side(tmp_path):
-    """_usable_images hands the network images already downscaled to max_side."""
+    """read_folder hands the network images already downscaled to max_side."""
     Image.fromarray(smooth_rgb(1200, 1600)).save(tmp_path / "large.jpg")
-    images, used, skipped = cli._usable_images(tmp_path, "rgb", 11, 40)
-    assert [im.shape for im in images] == [(3, 30, 40)] and not skipped
+    data = read_folder(tmp_path, "rgb", 40, min_side=11)
+    assert [im.shape for im in data.images] == [(3, 30, 40)] and not data.skipped
+    assert [p.name for p in data.paths] == data.names == ["large.jpg"]
 
 
 def test_an_image_too_long_and_thin_for_max_side_is_skipped(tmp_path, capsys):
     """1000x20 at max_side=64 is 64x1: too thin for the filters, though 20 would do."""
     Image.fromarray(smooth_rgb(20, 1000)).save(tmp_path / "thin.png")
     write_images(tmp_path, side=32)
-    images, used, skipped = cli._usable_images(tmp_path, "gray", 11, 64, filter_size=7)
-    assert len(images) == 3 and [p.name for p, _ in skipped] == ["thin.png"]
-    assert "1x64 at max_side=64" in skipped[0][1]
+    data = read_folder(tmp_path, "gray", 64, min_side=11, filter_size=7)
+    assert len(data) == 3 and [skip.path.name for skip in data.skipped] == ["thin.png"]
+    assert "1x64 at max_side=64" in data.skipped[0].reason and data.skipped[0].size == (1, 64)
 
 
 def test_every_image_smaller_than_the_filters_names_the_setting(tmp_path, capsys):
@@ -352,12 +354,14 @@ def test_every_image_smaller_than_the_filters_names_the_setting(tmp_path, capsys
                           "--out", tmp_path / "r"],
                  "layer1.filter_size=7 is larger than every image that could be read (largest 5x5)")
     assert not (tmp_path / "r").exists()
-    said: list[str] = []
-    with pytest.raises(cli.UserError, match=re.escape("layer1.filter_size=7 is larger than every image that could "
-                                                      "be read (largest 5x5, 1x1 after preprocessing)")) as info:
-        cli._usable_images(tmp_path / "images", "gray", 11, None, filter_size=7, say=said.append)
-    assert len(said) == 3 and all(line.startswith("skipped ") for line in said)  # listed before the error
-    assert "(largest 5x5, 1x1 after preprocessing)" in str(info.value)
+    # with the toolbox's 4-pixel contrast-normalisation border; the skipped files are listed first
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "images"), "--preset", "fast", "--set", "max_side=none", "--quiet",
+                 "--out", str(tmp_path / "r")]) == 2
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in out.splitlines()] == [f"skipped {tmp_path / 'images' / n}.png" for n in "abc"]
+    assert err.count("\n") == 1 and ("layer1.filter_size=7 is larger than every image that could be read (largest "
+                                     "5x5, 1x1 after preprocessing)") in err
 
 
 # ------------------------------------------------------------------ bad settings
@@ -406,7 +410,7 @@ def test_bad_settings_are_refused_before_any_work(trained, tmp_path, capsys, mon
         (cfg.write_bytes if isinstance(argv[1], bytes) else cfg.write_text)(argv[1])
         argv = ["--config", cfg]
         fragments = [str(cfg), *fragments]
-    monkeypatch.setattr(cli, "_usable_images", lambda *a, **k: pytest.fail("images were read"))
+    monkeypatch.setattr(images_mod, "read_folder", lambda *a, **k: pytest.fail("images were read"))
     line = expect_error(capsys, ["train", images, "--layers", "2", "--out", tmp_path / "r", "--quiet", *argv], "")
     for fragment in fragments:
         assert fragment in line, line

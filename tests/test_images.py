@@ -1,4 +1,4 @@
-"""Reading images (deconvnet.preprocess: load_image, to_chw, resize_max_side): PIL modes,
+"""Reading images (deconvnet.images: load_image, to_chw, resize_max_side, read_folder, read_images): PIL modes,
 damaged files, the pixel limit, large files, downscaling.
 
 Oracles: the pixel arrays the test files are written from, divided by 255 or 65535 and
@@ -13,13 +13,16 @@ from __future__ import annotations
 import tracemalloc
 import warnings
 
+import re
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage import io as skio
 
-from deconvnet import preprocess
-from deconvnet.preprocess import ImageReadError, load_image, resize_max_side, to_chw
+from deconvnet import images as images_mod
+from deconvnet.images import ImageReadError, load_image, resize_max_side, to_chw
 
 GREY = np.array([0.2125, 0.7154, 0.0721])
 
@@ -158,10 +161,10 @@ def test_a_folder_is_not_an_image(tmp_path):
 
 def test_more_pixels_than_max_pixels_is_refused_from_the_header(tmp_path, monkeypatch):
     Image.fromarray(rgb_array(40, 50)).save(tmp_path / "a.png")
-    monkeypatch.setattr(preprocess, "MAX_PIXELS", 1999)
+    monkeypatch.setattr(images_mod, "MAX_PIXELS", 1999)
     with pytest.raises(ImageReadError, match=r"too large: 50x40 is 0 megapixels"):
         load_image(tmp_path / "a.png")
-    monkeypatch.setattr(preprocess, "MAX_PIXELS", 2000)
+    monkeypatch.setattr(images_mod, "MAX_PIXELS", 2000)
     assert load_image(tmp_path / "a.png").shape == (1, 40, 50)
 
 
@@ -239,3 +242,64 @@ def test_resize_max_side_keeps_mean_of_smooth_image():
     y = resize_max_side(x, 18)
     assert y.shape == (1, 18, 12)
     assert abs(y.mean() - x.mean()) < 0.02
+
+
+# ------------------------------------------------------------ read_folder / read_images
+def test_read_folder_returns_the_usable_images_and_every_skip_with_its_reason(tmp_path):
+    """The skip reasons are data (Skipped records), not printed: the CLI and dataset loaders
+    decide what to say."""
+    from deconvnet import read_folder
+
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((20, 30)) * 255).astype(np.uint8)).save(tmp_path / "b.png")
+    Image.fromarray((rng.random((12, 12, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.jpg")
+    Image.fromarray((rng.random((5, 40)) * 255).astype(np.uint8)).save(tmp_path / "thin.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "notes.txt").write_text("ignored: not an image suffix")
+    (tmp_path / "sub").mkdir()
+    data = read_folder(tmp_path, "gray", None, min_side=10, filter_size=7)
+    assert data.names == ["a.jpg", "b.png"] and [p.name for p in data.paths] == data.names
+    assert [im.shape for im in data.images] == [(1, 12, 12), (1, 20, 30)] and data.color == "gray"
+    assert all(im.dtype == np.float64 and 0 <= im.min() and im.max() <= 1 for im in data.images)
+    reasons = {s.path.name: (s.reason, s.size) for s in data.skipped}
+    assert sorted(reasons) == ["broken.png", "sub", "thin.png"]
+    assert reasons["broken.png"][0].startswith("not an image file") and reasons["broken.png"][1] is None
+    assert reasons["sub"][0] == "a folder (sub-folders are not searched)"
+    assert reasons["thin.png"] == ("smaller than the 7x7 layer-1 filters (5x40; needs at least 10x10 with the "
+                                   "3-pixel preprocessing border)", (5, 40))
+
+
+def test_read_folder_refuses_a_missing_folder_and_nan_pixels(tmp_path):
+    from deconvnet import read_folder
+
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'nope'}: no such folder")):
+        read_folder(tmp_path / "nope")
+    f = np.full((12, 12), 0.5, dtype=np.float32)
+    f[3, 3] = np.nan
+    Image.fromarray(f, mode="F").save(tmp_path / "nan.tif")
+    with pytest.raises(ValueError, match=re.escape(f"layer 1: input image {tmp_path / 'nan.tif'} contains NaN")):
+        read_folder(tmp_path)
+
+
+def test_read_images_converts_each_kind_of_input_once():
+    """Arrays (H, W), (H, W, 3), stacks and torch tensors all become (C, H, W) float64; an
+    ImageSet passes through untouched (no second conversion)."""
+    from deconvnet import read_images
+
+    grey = np.linspace(0, 1, 12 * 16).reshape(12, 16)
+    rgb8 = (np.stack([grey] * 3, axis=-1) * 255).astype(np.uint8)
+    data = read_images([grey, rgb8, torch.tensor(grey)], "gray", None)
+    assert [im.shape for im in data.images] == [(1, 12, 16)] * 3 and data.names == ["image 0", "image 1", "image 2"]
+    np.testing.assert_allclose(data.images[1], data.images[0], atol=1 / 255)
+    stack = read_images(np.stack([grey, grey]), "rgb", 8)
+    assert [im.shape for im in stack.images] == [(3, 6, 8)] * 2 and stack.paths == [None, None]
+    assert read_images(stack, "rgb", 8) is stack
+    with pytest.raises(ValueError, match=re.escape("these images were read as color='rgb', max_side=8; this "
+                                                   "network takes color='gray', max_side=8")):
+        read_images(stack, "gray", 8)
+    with pytest.raises(ValueError, match=re.escape("images of shape (2, 3, 4, 5, 6): expected (H, W)")):
+        read_images(np.zeros((2, 3, 4, 5, 6)), "gray")
+    bad = grey.copy()
+    bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match=re.escape("layer 1: input image 1 contains NaN or Inf")):
+        read_images([grey, bad])

@@ -240,20 +240,30 @@ def test_inverse_transform_rejects_maps_with_wrong_number_of_maps(fitted):
         layer.inverse_transform(torch.zeros(N, K + 1, H + S - 1, W + S - 1))
 
 
-def test_bad_boundary_raises_value_error():
-    with pytest.raises(ValueError, match=r".+"):
-        deconvnet.DeconvLayer(C, K, S, boundary="same").fit(_images())
-
-
-def test_unfitted_layer_and_bad_settings_raise():
-    with pytest.raises(RuntimeError, match="fit"):
+def test_unfitted_layer_raises():
+    with pytest.raises(RuntimeError, match="this DeconvLayer is not fitted yet: call fit"):
         small_layer().transform(images())
-    with pytest.raises(ValueError, match="admm"):
-        small_layer(method="admm")
-    with pytest.raises(ValueError, match="p must be"):
-        small_layer(p=0.0)
-    with pytest.raises(ValueError, match="connectivity"):
-        small_layer(connectivity=np.ones((3, 2)))
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(boundary="same"), "boundary='same' is not supported; use one of ('valid', 'circular')"),
+    (dict(method="admm"), "method='admm' needs boundary='circular'"),
+    (dict(method="ista"), "method='ista' is not allowed: one of continuation, fista, admm"),
+    (dict(p=0.0), "p=0.0 is not allowed: a number in (0, 1]"),
+    (dict(lam=-2), "lam=-2.0 is not allowed: a number > 0"),
+    (dict(n_epochs=0), "n_epochs=0 is not allowed: an integer >= 1"),
+    (dict(filter_method="newton"), "filter_method='newton' is not allowed: one of cg, gradient"),
+    (dict(tol=0.0), "tol=0.0 is not allowed: a number > 0"),
+    (dict(connectivity=np.ones((3, 2))), "connectivity g must have shape (K, C) = (4, 2), got (3, 2)"),
+    (dict(dtype=torch.float16), "dtype must be torch.float32 or torch.float64, got torch.float16"),
+    (dict(seed=1.5), "seed=1.5 must be an integer"),
+])
+def test_bad_settings_are_stored_and_refused_by_fit(kw, match):
+    """scikit-learn's contract: __init__ stores any value; fit checks, naming field and value."""
+    layer = small_layer(**kw)
+    assert all(layer.get_params()[k] is v for k, v in kw.items())
+    with pytest.raises(ValueError, match=re.escape(match)):
+        layer.fit(images())
 
 
 # ---------------------------------------------------------------- real photos
@@ -276,9 +286,9 @@ def test_fruit_example_learns_oriented_edge_filters(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and "reconstruction SNR" in proc.stdout and "non-zero map entries" in proc.stdout
     # the example's training in-process, to look at the filters themselves
-    from deconvnet.preprocess import load_folder, local_contrast_normalize, rescale_dataset
+    from deconvnet.preprocess import local_contrast_normalize, rescale_dataset
 
-    ims, _ = load_folder(FRUIT)
+    ims = deconvnet.read_images(FRUIT)
     X = np.stack(rescale_dataset([local_contrast_normalize(i) for i in ims]))
     f = deconvnet.DeconvLayer(1, 9, 7, lam=5.0, n_epochs=6, max_iter=100).fit(X).filters_[:, 0].numpy()
     coh = sorted(coherence(p) for p in f)
@@ -286,3 +296,33 @@ def test_fruit_example_learns_oriented_edge_filters(tmp_path):
     assert coh[len(coh) // 2] > 0.5, coh
     rand = deconvnet.init_filters(9, 1, 7, seed=1)[:, 0].numpy()
     assert np.median([coherence(p) for p in rand]) < coh[len(coh) // 2]
+
+
+# ------------------------------------------------------ scikit-learn contract
+def test_get_params_set_params_and_clone_follow_scikit_learn():
+    from sklearn.base import clone
+
+    g = np.array([[1, 0], [0, 1], [1, 1], [1, 0]])
+    layer = small_layer(connectivity=g, dtype=torch.float64, device="cpu")
+    params = layer.get_params()
+    assert params["connectivity"] is g and params["dtype"] is torch.float64 and params["device"] == "cpu"
+    assert params["lam"] == 20.0 and params["max_iter"] == 60 and params["tol"] is None
+    assert layer.set_params(lam=7.5, n_epochs=1) is layer and layer.lam == 7.5
+    copy = clone(layer.fit(images()))
+    assert not hasattr(copy, "filters_") and copy.get_params()["lam"] == 7.5
+    np.testing.assert_array_equal(copy.get_params()["connectivity"], g)
+    refit = copy.fit(images())  # the clone learns what the original learned
+    assert torch.equal(refit.filters_, layer.filters_)
+
+
+def test_a_layer_stands_in_a_pipeline():
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X = images()
+    pipe = Pipeline([("dn", small_layer(n_epochs=1)),
+                     ("flat", FunctionTransformer(lambda Z: Z.reshape(len(Z), -1).numpy()))])
+    features = pipe.fit_transform(X)
+    assert features.shape == (len(X), 4 * 14 * 14)  # K maps of (12 + 3 - 1)^2
+    np.testing.assert_allclose(features, pipe.named_steps["dn"].transform(X).reshape(len(X), -1).numpy())
+    assert pipe.set_params(dn__lam=5.0).named_steps["dn"].lam == 5.0

@@ -48,8 +48,8 @@ def test_training_with_maps_on_disk_equals_in_memory(method):
 
 
 def test_bad_memory_limit():
-    with pytest.raises(ValueError, match="map_memory_limit"):
-        DeconvLayer(1, 2, 3, map_memory_limit=-1)
+    with pytest.raises(ValueError, match=r"map_memory_limit=-1 must be a number of bytes >= 0"):
+        DeconvLayer(1, 2, 3, map_memory_limit=-1).fit(torch.zeros(1, 1, 8, 8))
 
 
 def test_affine_maps_are_computed_when_read_from_a_store_on_disk(tmp_path):
@@ -77,14 +77,16 @@ def test_chained_inputs_stay_lazy_and_give_the_same_filters(monkeypatch):
     cfg = apply_overrides(dn.preset("zeiler2010", 2), ["n_epochs=2", "layer1.n_maps=4", "layer2.n_maps=10"])
     rng = np.random.default_rng(0)
     ims = [rng.random((20, 22)) for _ in range(4)]
+    import deconvnet.network as network_mod
+
     seen = []
-    real_fit = DeconvLayer.fit
+    real_train = network_mod.train_layer
 
-    def recording_fit(self, images, **kwargs):
-        seen.append(type(images))
-        return real_fit(self, images, **kwargs)
+    def recording_train(inputs, *args, **kwargs):
+        seen.append(type(inputs))
+        return real_train(inputs, *args, **kwargs)
 
-    monkeypatch.setattr(DeconvLayer, "fit", recording_fit)
+    monkeypatch.setattr(network_mod, "train_layer", recording_train)
     on_disk = dn.DeconvNet(cfg, map_memory_limit=0).fit(ims)
     in_memory = dn.DeconvNet(cfg).fit(ims)
     assert seen[1] is AffineMaps and seen[3] is AffineMaps

@@ -320,17 +320,17 @@ def test_map_order_and_activity_survive_save_load(tmp_path):
 
 def test_std_scaling_gives_unit_variance_inputs_and_chained_maps(monkeypatch):
     """Oracle: numpy mean and std over the whole (preprocessed) set, and over the inputs each
-    layer was trained on (recorded as DeconvLayer.fit receives them)."""
-    from deconvnet import DeconvLayer
+    layer was trained on (recorded as the training loop receives them)."""
+    import deconvnet.network as network_mod
 
     trained_on = []
-    real_fit = DeconvLayer.fit
+    real_train = network_mod.train_layer
 
-    def recording_fit(self, images, **kwargs):
-        trained_on.append(np.concatenate([to_np(images[i]).ravel() for i in range(len(images))]))
-        return real_fit(self, images, **kwargs)
+    def recording_train(inputs, *args, **kwargs):
+        trained_on.append(np.concatenate([to_np(inputs[i]).ravel() for i in range(len(inputs))]))
+        return real_train(inputs, *args, **kwargs)
 
-    monkeypatch.setattr(DeconvLayer, "fit", recording_fit)
+    monkeypatch.setattr(network_mod, "train_layer", recording_train)
     images = make_images(n=3, H=24, W=24, seed=5)
     net = tiny_net([(3, 3, "full"), (6, 3, "singles+pairs")], images=images, scaling="std")
     Y = np.concatenate([to_np(y).ravel() for y in net.prepare(images)])

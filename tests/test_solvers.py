@@ -359,7 +359,7 @@ def test_record_last_keeps_the_maps_and_the_final_record(method, boundary):
 # ------------------------------------------------------------- errors
 @pytest.mark.parametrize("kwargs,match", [
     (dict(method="admm", boundary="valid"), "method='admm' solves the periodic problem only: use boundary='circular'"),
-    (dict(method="ista"), "method='ista' is not known; use one of ('fista', 'continuation', 'admm')"),
+    (dict(method="ista"), "method='ista' is not known; use one of ('continuation', 'fista', 'admm')"),
     (dict(method="FISTA"), "method='FISTA' is not known; use one of"),
     (dict(method="cg"), "method='cg' is not known; use one of"),
     (dict(method=""), "method='' is not known; use one of"),
