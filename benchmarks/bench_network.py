@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import environment, parse
+from common import environment, parse, path_table
 
 import deconvnet as dn
 
@@ -48,6 +48,7 @@ def main() -> int:
                      "nonzero": hist[-1].nonzero_fraction})
         print(f"{i:>5}{layer.n_maps:>6}{seconds:>9.1f}{seconds / len(hist):>9.2f}{hist[-1].nonzero_fraction:>10.4f}")
     print(f"total {total:.1f} s (including loading and preprocessing); peak RSS {peak_mb:.0f} MB")
+    print(path_table())
     if args.json:
         Path(args.json).write_text(json.dumps({"env": env, "preset": args.preset, "rows": rows, "total_seconds": total,
                                                "peak_rss_mb": peak_mb}, indent=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,10 +31,13 @@ def camera_problem(side: int = 256, n_filters: int = 36, s: int = 8, seed: int =
 
 
 def parse(ap, *, device: bool = True, json: bool = True):
-    """Add the options every benchmark shares (``--threads``, and ``--device`` / ``--json``
-    when asked), parse the command line, apply ``--threads`` and the library's process-wide
-    settings (:func:`deconvnet.runtime.configure`); returns the arguments."""
+    """Add the options every benchmark shares (``--threads``, ``--ops``, and ``--device`` /
+    ``--json`` when asked), parse the command line, apply ``--threads``, ``--ops`` and the
+    library's process-wide settings (:func:`deconvnet.runtime.configure`); returns the arguments."""
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--ops", default=None, metavar="PATH",
+                    help="force the operator path (auto, or one of " + ", ".join(map(str, dn.paths.PATHS))
+                         + "; default: DECONVNET_OPS, else auto)")
     if device:
         ap.add_argument("--device", default="cpu", help="cpu or cuda")
     if json:
@@ -41,13 +45,49 @@ def parse(ap, *, device: bool = True, json: bool = True):
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ops is not None:
+        dn.paths.set_path(args.ops)
     dn.runtime.configure()  # a benchmark is an entry point: the library's process-wide settings
     return args
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: str = "cpu") -> dict:
-    env = {"deconvnet": dn.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "device": device, "machine": platform.processor() or platform.machine(), "python": platform.python_version()}
+    """What every benchmark prints first: versions, the CPU model, torch's CPU capability
+    (AVX2, AVX512...), the thread count, the device and the forced operator path (if any)."""
+    forced = dn.paths.forced_path()
+    env = {"deconvnet": dn.__version__, "torch": torch.__version__, "cpu": cpu_model(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+           "device": device, "ops": "auto" if forced is None else str(forced), "python": platform.python_version()}
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     return env
+
+
+def describe_key(key: tuple) -> str:
+    """A short name for the operator shape of a path choice."""
+    dev, dtype, K, C, s, E, sparse, boundary, B, _, H, W = key
+    conn = f"{E} edges" if sparse else "dense"
+    return f"{K} maps on {C}, {s}x{s}, {conn}, {boundary}, {B}x{H}x{W}"
+
+
+def path_table() -> str:
+    """The operator paths chosen in this process, with every candidate's time for one D + D^T
+    (ms; ``!`` marks candidates whose numbers differed from the reference, which cannot be chosen)."""
+    names = [str(p) for p in dn.paths.PATHS]
+    lines = ["# operator paths chosen (ms for one D + D^T; ! = not bit-identical to the reference, never chosen):",
+             f"#   {'shape':<58} {'chosen':<24}" + "".join(f"{n:>24}" for n in names)]
+    for c in dn.paths.choices():
+        cells = "".join(f"{c.seconds[n] * 1e3:>23.2f}{' ' if c.exact[n] else '!'}" for n in names)
+        lines.append(f"#   {describe_key(c.key):<58} {str(c.path):<24}{cells}")
+    return "\n".join(lines)

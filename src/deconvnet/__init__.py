@@ -36,7 +36,7 @@ from .model_io import ModelFileError
 from .network import DeconvNet, snr_db
 from .ops import ConvOperator, MapOperator, filter_gradient, synthesize, synthesize_adjoint
 from .images import ImageReadError, ImageSet, read_folder, read_images
-from . import runtime
+from . import paths, runtime
 
 __all__ = [
     "ConfigError",
@@ -72,5 +72,6 @@ __all__ = [
     "synthesize",
     "synthesize_adjoint",
     "update_filters",
+    "paths",
     "runtime",
 ]

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_boundary, check_filters, check_same, check_tensor, image_size, map_size
+from .paths import Path, forced_path, measure, parse_path
 
 __all__ = ["ConvOperator", "MapOperator", "synthesize", "synthesize_adjoint", "filter_gradient", "as_connectivity"]
 
@@ -77,13 +78,16 @@ class ConvOperator:
         f: filters ``(K, C, s, s)``.
         g: connectivity, ``None`` (full) or ``(K, C)`` 0/1.
         boundary: ``"valid"`` or ``"circular"``.
+        path: how to run the convolutions (a :class:`~deconvnet.paths.Path` or
+            ``"LAYOUT/PADDING"``); ``None`` = as forced for the process, else measured per
+            input shape (:mod:`deconvnet.paths`). Every path gives the same numbers.
 
     Shape:
         - forward: ``(B, K, H+s-1, W+s-1) -> (B, C, H, W)`` (valid) or ``(B,K,H,W) -> (B,C,H,W)``.
         - adjoint: the reverse.
     """
 
-    def __init__(self, f: torch.Tensor, g=None, boundary: str = "valid"):
+    def __init__(self, f: torch.Tensor, g=None, boundary: str = "valid", path: Path | str | None = None):
         K, C, s = check_filters(f)
         self.boundary = check_boundary(boundary)
         self.K, self.C, self.s = K, C, s
@@ -107,8 +111,14 @@ class ConvOperator:
         # Single-channel inputs: both operators run as depthwise convolutions on maps stored
         # channels-last, which oneDNN runs several times faster on CPU than the dense
         # K -> 1 convolution (see benchmarks/bench_inference.py). Solvers keep their iterates
-        # in ``self.memory_format`` so no layout conversion happens inside the loop.
+        # in ``self.memory_format``; it is fixed by the kind of operator, never by timing, because
+        # the solvers' reductions sum in memory order (a timed choice would change results).
         self.memory_format = torch.channels_last if (not self.sparse and C == 1) else torch.contiguous_format
+        #: the path whose numbers every other path must reproduce (this project's original one)
+        self.reference_path = Path("channels_last" if self.memory_format is torch.channels_last else "contiguous")
+        self.path = parse_path(path) if isinstance(path, str) else path
+        self._paths: dict[tuple, Path] = {}  # input shape -> path taken
+        self._buffers: dict[tuple, torch.Tensor] = {}  # zero-bordered inputs of the explicit padding
 
     # ------------------------------------------------------------------ shapes
     def map_shape(self, y_shape) -> tuple[int, int, int, int]:
@@ -146,43 +156,77 @@ class ConvOperator:
                              f"boundary={self.boundary!r}")
 
     # -------------------------------------------------------------- operators
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """``D z``: ``(B, K, Hz, Wz) -> (B, C, H, W)``."""
+    def path_for(self, y_shape) -> Path:
+        """The path for inputs of ``y_shape`` ``(B, C, H, W)``: the one given to the operator,
+        else the one forced for the process, else the measured fastest exact one."""
+        shape = tuple(y_shape)
+        path = self._paths.get(shape)
+        if path is None:
+            path = self.path or forced_path()
+            if path is None:
+                key = (self.device.type, str(self.dtype), self.K, self.C, self.s, self.n_connections, self.sparse,
+                       self.boundary, *shape)
+                z, r = self._probe_inputs(shape)
+                path = measure(key, self.reference_path, lambda p: (self.forward(z, p), self.adjoint(r, p)),
+                               self.device).path
+            self._paths[shape] = path
+        return path
+
+    def _probe_inputs(self, y_shape) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed random maps and inputs of ``y_shape`` to time and compare the paths on."""
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        z = torch.randn(self.map_shape(y_shape), generator=gen, dtype=torch.float64)
+        r = torch.randn(tuple(y_shape), generator=gen, dtype=torch.float64)
+        return z.to(self.device, self.dtype).contiguous(memory_format=self.memory_format), r.to(self.device, self.dtype)
+
+    def forward(self, z: torch.Tensor, path: Path | None = None) -> torch.Tensor:
+        """``D z``: ``(B, K, Hz, Wz) -> (B, C, H, W)`` (``path``: see :meth:`path_for`)."""
         s = self.s
         if self.boundary == "circular":
             # periodic convolution = 'valid' convolution of the map wrapped by s-1 on top/left
             z = F.pad(z, (s - 1, 0, s - 1, 0), mode="circular") if s > 1 else z
         B, K, Hz, Wz = z.shape
         H, W = Hz - s + 1, Wz - s + 1
+        mf = (path or self.path_for((B, self.C, H, W))).memory_format
         if self.sparse:
             out = torch.zeros(B, self.C, H, W, dtype=z.dtype, device=z.device)
             for b in self._chunks(B):  # (B, E, Hz, Wz) -> (B, E, H, W) -> (B, C, H, W)
-                pieces = F.conv2d(z[b].index_select(1, self.k_e), self._w_synth, groups=self.n_connections)
-                out[b].index_add_(1, self.c_e, pieces)
+                zk = z[b].index_select(1, self.k_e).contiguous(memory_format=mf)
+                out[b].index_add_(1, self.c_e, F.conv2d(zk, self._w_synth, groups=self.n_connections))
             return out
-        if self.memory_format is torch.channels_last:
-            z = z.contiguous(memory_format=torch.channels_last)  # no copy when already so
-        pieces = F.conv2d(z, self._w_synth, groups=K)  # (B, K*C, H, W)
+        pieces = F.conv2d(z.contiguous(memory_format=mf), self._w_synth, groups=K)  # (B, K*C, H, W)
         if self.C == 1:
             return pieces.sum(1, keepdim=True)
-        return pieces.view(B, K, self.C, H, W).sum(1)
+        return pieces.reshape(B, K, self.C, H, W).sum(1)
 
-    def adjoint(self, r: torch.Tensor) -> torch.Tensor:
-        """``D^T r``: ``(B, C, H, W) -> (B, K, Hz, Wz)``; full correlation with each filter."""
-        s = self.s
-        if self.sparse:
-            B, _, H, W = r.shape
-            out = torch.zeros(B, self.K, H + s - 1, W + s - 1, dtype=r.dtype, device=r.device)
-            for b in self._chunks(B):  # (B, C, H, W) -> (B, E, H, W) -> (B, E, Hz, Wz) -> (B, K, Hz, Wz)
-                pieces = F.conv2d(r[b].index_select(1, self.c_e), self._w_adj, padding=s - 1,
-                                  groups=self.n_connections)
-                out[b].index_add_(1, self.k_e, pieces)
-        elif self.memory_format is torch.channels_last:  # C == 1: depthwise on K copies of r
-            B, _, H, W = r.shape
-            rk = r.expand(B, self.K, H, W).contiguous(memory_format=torch.channels_last)
-            out = F.conv2d(rk, self._w_adj, padding=s - 1, groups=self.K)
+    def adjoint(self, r: torch.Tensor, path: Path | None = None) -> torch.Tensor:
+        """``D^T r``: ``(B, C, H, W) -> (B, K, Hz, Wz)``; full correlation with each filter
+        (``path``: see :meth:`path_for`)."""
+        s, o = self.s, self.s - 1
+        B, C, H, W = r.shape
+        path = path or self.path_for(r.shape)
+        mf = path.memory_format
+        if path.padding == "explicit" and o:
+            key = (B, C, H, W, path.layout)
+            buf = self._buffers.get(key)
+            if buf is None:
+                buf = torch.empty(B, C, H + 2 * o, W + 2 * o, dtype=r.dtype, device=r.device, memory_format=mf).zero_()
+                self._buffers[key] = buf
+            buf[:, :, o:o + H, o:o + W].copy_(r)  # the border stays zero
+            r, pad = buf, 0
         else:
-            out = F.conv2d(r, self._w_adj, padding=s - 1)  # (B, K, H+s-1, W+s-1)
+            pad = o
+        if self.sparse:
+            out = torch.zeros(B, self.K, H + o, W + o, dtype=r.dtype, device=r.device)
+            for b in self._chunks(B):  # (B, C, H, W) -> (B, E, H, W) -> (B, E, Hz, Wz) -> (B, K, Hz, Wz)
+                rc = r[b].index_select(1, self.c_e).contiguous(memory_format=mf)
+                out[b].index_add_(1, self.k_e, F.conv2d(rc, self._w_adj, padding=pad, groups=self.n_connections))
+        elif C == 1 and self.memory_format is torch.channels_last:  # depthwise on K copies of r
+            rk = r.expand(B, self.K, *r.shape[2:]).contiguous(memory_format=mf)
+            out = F.conv2d(rk, self._w_adj, padding=pad, groups=self.K).contiguous(memory_format=self.memory_format)
+        else:
+            out = F.conv2d(r.contiguous(memory_format=mf), self._w_adj, padding=pad)  # (B, K, H+s-1, W+s-1)
+            out = out.contiguous(memory_format=self.memory_format)
         if self.boundary == "circular" and s > 1:
             out = _fold_wrap(out, s - 1)
         return out
@@ -240,8 +284,8 @@ class ConvOperator:
         return [slice(b, b + 1) for b in range(B)]
 
     def with_filters(self, f: torch.Tensor) -> "ConvOperator":
-        """A new operator with the same connectivity and boundary and other filters."""
-        return ConvOperator(f, self.g, self.boundary)
+        """A new operator with the same connectivity, boundary and path, and other filters."""
+        return ConvOperator(f, self.g, self.boundary, self.path)
 
 
 #: below this fraction of non-zero map entries :class:`MapOperator` works on the non-zeros.

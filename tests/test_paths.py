@@ -1,0 +1,114 @@
+"""Operator paths (deconvnet.paths): every path gives the numbers of the reference path bit for
+bit and of scipy to rounding; the automatic choice is the fastest exact candidate it timed;
+a path can be forced by argument, by set_path and by DECONVNET_OPS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy.signal import convolve2d
+
+import deconvnet as dn
+from deconvnet.connectivity import connectivity
+from deconvnet.paths import PATHS, Path, parse_path
+
+CASES = {  # name: K, C, s, kind of connectivity, boundary, batch, H, W
+    "dense-grey": (5, 1, 3, "full", "valid", 1, 9, 11),
+    "dense-rgb": (4, 3, 3, "full", "valid", 2, 8, 7),
+    "edges": (10, 4, 3, "random-pairs", "valid", 2, 9, 8),
+    "edges-circular": (6, 4, 3, "random-pairs", "circular", 1, 8, 9),
+    "dense-grey-circular": (3, 1, 4, "full", "circular", 2, 10, 10),
+}
+
+
+def case(name, dtype=torch.float64):
+    K, C, s, kind, boundary, B, H, W = CASES[name]
+    g = connectivity(kind, K, C, seed=1)
+    f = dn.init_filters(K, C, s, g, seed=2, dtype=dtype)
+    gen = torch.Generator().manual_seed(3)
+    y = torch.randn(B, C, H, W, generator=gen, dtype=dtype)
+    op = dn.ConvOperator(f, g, boundary)
+    z = torch.randn(op.map_shape(y.shape), generator=gen, dtype=dtype)
+    return f, g, boundary, y, z
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("path", [str(p) for p in PATHS])
+def test_every_path_agrees_with_scipy_and_with_the_reference_path(name, path):
+    """Forced, any path is right to rounding (bit-identity is what the automatic choice adds)."""
+    f, g, boundary, y, z = case(name)
+    op = dn.ConvOperator(f, g, boundary, path=path)
+    ref = dn.ConvOperator(f, g, boundary, path=op.reference_path)
+    torch.testing.assert_close(op.forward(z), ref.forward(z), rtol=0, atol=1e-12)
+    torch.testing.assert_close(op.adjoint(y), ref.adjoint(y), rtol=0, atol=1e-12)
+    if boundary == "valid":  # scipy: y_c = sum_k g_kc conv2_valid(z_k, f_kc)
+        B, C = y.shape[:2]
+        expect = np.zeros(tuple(y.shape))
+        for b in range(B):
+            for c in range(C):
+                for k in range(f.shape[0]):
+                    if g[k, c]:
+                        expect[b, c] += convolve2d(z[b, k].numpy(), f[k, c].numpy(), mode="valid")
+        np.testing.assert_allclose(op.forward(z).numpy(), expect, atol=1e-12)
+    # the adjoint identity <D z, y> = <z, D^T y> along this path
+    lhs = float((op.forward(z) * y).sum())
+    rhs = float((z * op.adjoint(y)).sum())
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+    # the adjoint comes back in the layout the solvers keep their iterates in
+    assert op.adjoint(y).is_contiguous(memory_format=op.memory_format)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_float32_paths_are_bit_identical_where_they_are_eligible(name):
+    """The automatic choice only takes candidates that matched the reference exactly."""
+    f, g, boundary, y, z = case(name, torch.float32)
+    op = dn.ConvOperator(f, g, boundary)
+    chosen = op.path_for(y.shape)
+    choice = next(c for c in dn.paths.choices() if c.path == chosen and c.key[-4:] == tuple(y.shape)
+                  and c.key[2:5] == (f.shape[0], f.shape[1], f.shape[2]) and c.key[7] == boundary)
+    assert choice.exact[str(op.reference_path)]
+    eligible = {n: t for n, t in choice.seconds.items() if choice.exact[n]}
+    assert str(choice.path) == min(eligible, key=eligible.get)  # the fastest exact candidate
+    for name_, exact in choice.exact.items():
+        other = dn.ConvOperator(f, g, boundary, path=name_)
+        same = torch.equal(other.forward(z), op.forward(z)) and torch.equal(other.adjoint(y), op.adjoint(y))
+        if exact:  # an exact candidate really reproduces the chosen path
+            assert same, name_
+
+
+def test_solves_along_every_path_give_the_same_maps():
+    f, g, boundary, y, _ = case("edges", torch.float32)
+    results = []
+    for path in PATHS:
+        dn.paths.set_path(path)
+        try:
+            results.append(dn.sparse_code(y, f, lam=5.0, g=g, method="continuation").z)
+        finally:
+            dn.paths.set_path(None)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+def test_parse_path_and_bad_names():
+    assert parse_path("auto") is None and parse_path(" Channels_Last/Explicit ") == Path("channels_last", "explicit")
+    with pytest.raises(ValueError, match=r"operator path 'sideways' is not known; use auto or one of "
+                                         r"contiguous/implicit, "):
+        parse_path("sideways")
+    with pytest.raises(ValueError, match=r"operator path 'x/y' is not known"):
+        dn.ConvOperator(torch.ones(2, 1, 3, 3), path="x/y")
+
+
+def test_the_environment_variable_forces_a_path_and_nothing_is_measured():
+    script = ("import torch, deconvnet as dn\n"
+              "op = dn.ConvOperator(dn.init_filters(3, 1, 3, seed=0))\n"
+              "print(op.path_for((1, 1, 8, 8)), len(dn.paths.choices()))\n")
+    env = dict(os.environ, DECONVNET_OPS="contiguous/explicit")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["contiguous/explicit", "0"]
+    env["DECONVNET_OPS"] = "nonsense"
+    bad = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "operator path 'nonsense' is not known" in bad.stderr
