@@ -53,7 +53,7 @@ def run_ours(method, y, f, n_iter, device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    res = dn.sparse_code(yt, ft, lam=1.0 / LMBDA, method=method, boundary="circular", max_iter=n_iter, tol=1e-30,
+    res = dn.sparse_code(yt, ft, lam=1.0 / LMBDA, method=method, boundary="circular", max_iter=n_iter, tol=0,
                          flush_denormals=method == "fista")  # as DeconvLayer solves
     z = res.z[0].cpu().numpy()  # the copy to the host ends the timing on a GPU too
     return time.perf_counter() - t0, z

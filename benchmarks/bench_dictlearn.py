@@ -58,7 +58,7 @@ def quality(f: np.ndarray, X: np.ndarray) -> float:
     """Coding objective in SPORCO units after 200 FISTA iterations; ``f (K, s, s)``."""
     y = torch.tensor(X, dtype=torch.float32)[:, None]
     ft = torch.tensor(f, dtype=torch.float32)[:, None]
-    res = dn.sparse_code(y, ft, lam=1.0 / LMBDA, method="fista", boundary="circular", max_iter=200, tol=1e-30,
+    res = dn.sparse_code(y, ft, lam=1.0 / LMBDA, method="fista", boundary="circular", max_iter=200, tol=0,
                          flush_denormals=True)
     return res.objective * LMBDA  # ours is lam/2 ||.||^2 + |z|_1 = (1/lmbda) * SPORCO's
 

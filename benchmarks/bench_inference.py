@@ -36,7 +36,7 @@ def time_method(y, f, *, lam, method, boundary, iters, repeat, device):
     if method == "continuation":
         kw.update(n_beta=max(1, iters // 2), beta_inc=1.5)  # 2 CG iterations per beta step
     else:
-        kw.update(max_iter=iters, tol=1e-30)  # run exactly `iters` iterations
+        kw.update(max_iter=iters, tol=0)  # run exactly `iters` iterations
     warm = {"n_beta": 1} if method == "continuation" else {"max_iter": 3}
     dn.sparse_code(y, f, **{**kw, **warm})
     times = []

@@ -36,7 +36,7 @@ def image(side: int) -> np.ndarray:
 def per_iteration(side: int, K: int, boundary: str, iters: int, repeat: int, device: str) -> float:
     y = torch.tensor(image(side), dtype=torch.float32, device=device)[None, None]
     f = dn.init_filters(K, 1, 8, seed=0, dtype=torch.float32, device=device)
-    kw = dict(lam=20.0, method="fista", boundary=boundary, tol=1e-30, flush_denormals=True)
+    kw = dict(lam=20.0, method="fista", boundary=boundary, tol=0, flush_denormals=True)
     dn.sparse_code(y, f, max_iter=3, **kw)
     best = np.inf
     for _ in range(repeat):

@@ -90,7 +90,7 @@ def test_config_error_is_value_error_and_message_names_field():
     ("n_maps", 0), ("n_maps", 2.5), ("n_maps", True), ("filter_size", 0), ("connectivity", "foo"),
     ("lam", 0.0), ("lam", -1.0), ("lam", float("nan")), ("lam", float("inf")), ("lam", "1"),
     ("p", 0.0), ("p", 1.5), ("p", -0.5), ("method", "foo"), ("n_epochs", 0), ("batch_size", 0),
-    ("filter_method", "newton"), ("filter_iters", 0), ("max_iter", 0), ("tol", 0.0), ("beta0", 0.0),
+    ("filter_method", "newton"), ("filter_iters", 0), ("max_iter", 0), ("tol", -1.0), ("beta0", 0.0),
     ("beta_inc", 1.0), ("beta_inc", 0.5), ("n_beta", 0), ("n_cg", 0),
 ])
 def test_bad_layer_field_names_the_field(field, value):

@@ -253,7 +253,7 @@ def test_unfitted_layer_raises():
     (dict(lam=-2), "lam=-2.0 is not allowed: a number > 0"),
     (dict(n_epochs=0), "n_epochs=0 is not allowed: an integer >= 1"),
     (dict(filter_method="newton"), "filter_method='newton' is not allowed: one of cg, gradient"),
-    (dict(tol=0.0), "tol=0.0 is not allowed: a number > 0"),
+    (dict(tol=-1e-3), "tol=-0.001 is not allowed: a number >= 0"),
     (dict(connectivity=np.ones((3, 2))), "connectivity g must have shape (K, C) = (4, 2), got (3, 2)"),
     (dict(dtype=torch.float16), "dtype must be torch.float32 or torch.float64, got torch.float16"),
     (dict(seed=1.5), "seed=1.5 must be an integer"),

@@ -395,3 +395,33 @@ def test_nan_input_is_rejected():
     y[0, 0, 2, 3] = float("nan")
     with pytest.raises(ValueError, match=re.escape("y contains NaN or Inf")):
         deconvnet.sparse_code(y, f, lam=LAM)
+
+
+@pytest.mark.parametrize("method,boundary", [("fista", "valid"), ("fista", "circular"), ("admm", "circular")])
+def test_tol_zero_runs_exactly_max_iter_iterations(method, boundary):
+    """SPORCO's RelStopTol=0: no early stop, however small the change."""
+    gen = torch.Generator().manual_seed(0)
+    f = deconvnet.init_filters(3, 1, 3, seed=0, dtype=torch.float64)
+    y = torch.randn(1, 1, 12, 12, generator=gen, dtype=torch.float64)
+    res = deconvnet.sparse_code(y, f, lam=2.0, method=method, boundary=boundary, max_iter=37, tol=0)
+    assert res.n_iter == 37 and not res.converged and len(res.history) == 37
+    loose = deconvnet.sparse_code(y, f, lam=2.0, method=method, boundary=boundary, max_iter=5000, tol=1e-3)
+    assert loose.converged and loose.n_iter < 5000  # a positive tolerance does stop
+    with pytest.raises(ValueError, match=r"tol must be a finite number >= 0, got -1"):
+        deconvnet.sparse_code(y, f, lam=2.0, method=method, boundary=boundary, tol=-1)
+
+
+def test_admm_rho_follows_sporcos_balancing_then_stays_fixed():
+    """rho starts at SPORCO's 50 lmbda + 1 (= 50 + lam here), changes only from iteration 2,
+    by at most the cap of 1000 per iteration, and stays fixed after iteration 200."""
+    gen = torch.Generator().manual_seed(4)
+    f = deconvnet.init_filters(4, 1, 3, seed=0, dtype=torch.float64)
+    y = torch.randn(1, 1, 16, 16, generator=gen, dtype=torch.float64)
+    lam = 3.0
+    res = deconvnet.sparse_code(y, f, lam=lam, method="admm", boundary="circular", max_iter=260, tol=0)
+    rho = [r.step for r in res.history]
+    assert rho[0] == rho[1] == 50.0 + lam
+    assert len(set(rho[:200])) > 2  # it did adapt
+    ratios = [b / a for a, b in zip(rho, rho[1:])]
+    assert all(1 / 1000 - 1e-12 <= q <= 1000 + 1e-9 for q in ratios)
+    assert len(set(rho[200:])) == 1

@@ -65,6 +65,12 @@ def check_positive(name: str, value: float) -> float:
     return float(value)
 
 
+def check_nonnegative(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def check_p(p: float) -> float:
     if not isinstance(p, (int, float)) or isinstance(p, bool) or not (0 < p <= 1):
         raise ValueError(f"p must be in (0, 1], got {p!r}")

@@ -153,7 +153,7 @@ class LayerConfig:
         _choice(w + "filter_method", self.filter_method, FILTER_METHODS)
         _int(w + "filter_iters", self.filter_iters)
         _int(w + "max_iter", self.max_iter)
-        _real(w + "tol", self.tol)
+        _real(w + "tol", self.tol, positive=False, minimum=0)  # 0: exactly max_iter iterations
         _real(w + "beta0", self.beta0)
         _real(w + "beta_inc", self.beta_inc)
         if self.beta_inc <= 1:

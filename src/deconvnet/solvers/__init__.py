@@ -30,7 +30,7 @@ from typing import Union
 
 import torch
 
-from .._checks import check_int, check_p, check_positive
+from .._checks import check_int, check_nonnegative, check_p, check_positive
 from ..config import METHODS, LayerConfig, method_allowed
 from ..ops import ConvOperator
 from ._loop import IterationRecord, Objective, SparseCode
@@ -122,13 +122,14 @@ def sparse_code(
         z0: warm start, shaped like the maps (default zeros).
         max_iter: iteration cap for fista/admm (default 500); ignored by continuation.
         tol: relative-change tolerance for fista / relative residual tolerance for admm
-            (default 1e-4).
+            (default 1e-4); 0 runs exactly ``max_iter`` iterations (SPORCO's ``RelStopTol=0``).
         beta0, beta_inc, n_beta, n_cg: continuation schedule (toolbox: 1, 10, 6, 2).
         rho, relax: ADMM penalty (default ``50 + lam``, SPORCO's rule in our scaling, then
             adapted by residual balancing) and over-relaxation (SPORCO's default 1.8).
-        check_every: test convergence every this many iterations (default 10 on CPU, 20 on
-            GPU, to avoid a host synchronisation per iteration); the ``change`` of the other
-            history records is NaN.
+        check_every: test convergence every this many iterations (default on CPU: 10 for FISTA,
+            1 for ADMM, which adapts rho at every test as SPORCO does; 20 on GPU, to avoid a
+            host synchronisation per iteration); the ``change`` of untested FISTA iterations is
+            NaN.
         record: ``"all"`` keeps a history record per iteration (per beta step for
             continuation); ``"last"`` only the final one, which saves continuation one
             synthesis per beta step (training uses it).
@@ -159,7 +160,7 @@ def sparse_code(
     if check_every is not None:
         check_int("check_every", check_every)
     max_iter = check_int("max_iter", 500 if max_iter is None else max_iter)
-    tol = check_positive("tol", 1e-4 if tol is None else tol)
+    tol = check_nonnegative("tol", 1e-4 if tol is None else tol)
     if method == "continuation":
         check_positive("beta0", beta0)
         if not (isinstance(beta_inc, (int, float)) and beta_inc >= 1):

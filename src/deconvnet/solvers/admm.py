@@ -17,26 +17,47 @@ and iterate, with scaled dual ``u``, penalty ``rho`` and over-relaxation ``alpha
 2. :math:`z_r = \alpha z + (1-\alpha) w`; :math:`w = \mathrm{shrink}(z_r + u, \rho, p)`;
    :math:`u \leftarrow u + z_r - w`.
 3. Stop when the primal and dual residuals (Boyd et al. 2011, Sec. 3.3) fall below ``tol``
-   relative to the iterates; ``rho`` is adapted by residual balancing (Sec. 3.4.1).
+   relative to the iterates: :math:`r = \|z - w\| / \max(\|z\|, \|w\|)`,
+   :math:`s = \|w - w_{prev}\| / \|u\|` (the worst batch element).
+4. Adapt ``rho`` by SPORCO's residual balancing (Wohlberg 2015, "ADMM penalty parameter
+   selection by residual balancing", arXiv:1704.06209; SPORCO's ``ConvBPDN`` defaults): at every
+   tested iteration but the first, with target ratio
+   :math:`\xi = 1 + 18.3^{\log_{10}(1/\lambda) + 1}` (SPORCO's ``lmbda`` is ``1/lam``),
+   ratio :math:`\mu = 1.2` and cap :math:`\tau = 1000`: if :math:`r > \xi\mu s`, multiply
+   ``rho`` by :math:`\min(\sqrt{r/(\xi s)}, \tau)`; if :math:`s > (\mu/\xi) r`, divide it by
+   :math:`\min(\sqrt{\xi s / r}, \tau)`; ``u`` is rescaled to match. The initial ``rho`` is
+   SPORCO's :math:`50\,\mathrm{lmbda} + 1` in this scaling, ``50 + lam``. After iteration 200
+   ``rho`` stays fixed: with a fixed penalty ADMM converges, while balancing at every
+   iteration can cycle (it did on small problems with a large ``1/lam``). For ``p < 1`` the
+   fast rule drives the nonconvex iterate to zero; there Boyd et al.'s rule (2011, eq. 3.13:
+   x2 or /2 when one residual exceeds 10 times the other) runs every 10th iteration.
 
 The returned maps are ``w`` (exactly sparse). Each iteration costs ``2K`` real FFTs: the
-transforms of ``w`` and ``u`` are carried in the Fourier domain by linearity.
+transforms of ``w`` and ``u`` are carried in the Fourier domain by linearity. For ``C = 1``
+the per-frequency solve is Sherman-Morrison in closed form (elementwise, no matrix
+inverse, so a change of ``rho`` costs nothing); otherwise a ``C x C`` inverse per frequency,
+recomputed when ``rho`` changes.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ..ops import ConvOperator
 from ..runtime import flush_denormals
-from ._loop import Iteration, SparseCode, bsum, check_interval, iterate
+from ._loop import Iteration, SparseCode, bsum, iterate
 from .prox import penalty, shrink
 
 __all__ = ["AdmmOptions", "admm"]
 
-_MU, _TAU = 10.0, 2.0  # residual balancing (Boyd et al. 2011, eq. 3.13)
+_RATIO, _CAP = 1.2, 1000.0  # SPORCO ConvBPDN's AutoRho RsdlRatio and Scaling
+_MU, _TAU = 10.0, 2.0  # Boyd et al. (2011), eq. 3.13, for p < 1
+#: rho is adapted up to this iteration and fixed after it: ADMM with a fixed penalty converges,
+#: while balancing at every iteration can cycle (seen on small problems with large 1/lam).
+_ADAPT_UNTIL = 200
 
 
 def _spectra(op: ConvOperator, H: int, W: int) -> torch.Tensor:
@@ -48,24 +69,44 @@ def _spectra(op: ConvOperator, H: int, W: int) -> torch.Tensor:
 
 
 class _Solver:
-    """Per-frequency solver for ``(lam A^H A + rho I) z = b``; refactored when rho changes."""
+    """Per-frequency solver for ``(lam A^H A + rho I) z = b`` (``A``: ``(C, K, F1, F2)``)."""
 
     def __init__(self, A: torch.Tensor, lam: float):
-        self.A, self.lam = A, lam  # A: (C, K, F1, F2)
-        C = A.shape[0]
-        # Gram A A^H per frequency, (F1, F2, C, C)
-        self.AAh = torch.einsum("ckxy,dkxy->xycd", A, A.conj())
-        self.eye = torch.eye(C, dtype=A.dtype, device=A.device)
+        self.A, self.Ac, self.lam = A, A.conj(), lam
+        self.C = A.shape[0]
+        if self.C == 1:  # |a|^2 summed over k, per frequency
+            self.aa = (A[0].real ** 2 + A[0].imag ** 2).sum(0)  # (F1, F2)
+        else:  # Gram A A^H per frequency, (F1, F2, C, C)
+            self.AAh = torch.einsum("ckxy,dkxy->xycd", A, self.Ac)
+            self.eye = torch.eye(self.C, dtype=A.dtype, device=A.device)
 
     def factor(self, rho: float) -> None:
         self.rho = rho
-        self.Sinv = torch.linalg.inv(rho * self.eye + self.lam * self.AAh)  # (F1, F2, C, C)
+        if self.C == 1:
+            self.coef = self.lam / (rho + self.lam * self.aa)  # Sherman-Morrison weight per frequency
+        else:
+            self.Sinv = torch.linalg.inv(rho * self.eye + self.lam * self.AAh)  # (F1, F2, C, C)
 
     def solve(self, b: torch.Tensor) -> torch.Tensor:
         """``b``: (B, K, F1, F2) complex -> (B, K, F1, F2)."""
+        if self.C == 1:  # (b - lam a (a^H b) / (rho + lam |a|^2)) / rho
+            ab = (self.A[0] * b).sum(1, keepdim=True)  # (B, 1, F1, F2)
+            return (b - self.Ac[0] * (ab * self.coef)) / self.rho
         Ab = torch.einsum("ckxy,bkxy->bcxy", self.A, b)
         SAb = torch.einsum("xycd,bdxy->bcxy", self.Sinv, Ab)
-        return (b - self.lam * torch.einsum("ckxy,bcxy->bkxy", self.A.conj(), SAb)) / self.rho
+        return (b - self.lam * torch.einsum("ckxy,bcxy->bkxy", self.Ac, SAb)) / self.rho
+
+    def apply(self, Zh: torch.Tensor) -> torch.Tensor:
+        """``A z`` per frequency: (B, K, F1, F2) -> (B, C, F1, F2)."""
+        if self.C == 1:
+            return (self.A[0] * Zh).sum(1, keepdim=True)
+        return torch.einsum("ckxy,bkxy->bcxy", self.A, Zh)
+
+    def apply_adjoint(self, Rh: torch.Tensor) -> torch.Tensor:
+        """``A^H r`` per frequency: (B, C, F1, F2) -> (B, K, F1, F2)."""
+        if self.C == 1:
+            return self.Ac[0] * Rh
+        return torch.einsum("ckxy,bcxy->bkxy", self.Ac, Rh)
 
 
 def _parseval_weights(H: int, W: int, dtype, device) -> torch.Tensor:
@@ -81,10 +122,12 @@ def _parseval_weights(H: int, W: int, dtype, device) -> torch.Tensor:
 @dataclass(frozen=True)
 class AdmmOptions:
     """Settings of :func:`admm`: the cost (``lam``, ``p``), ``max_iter``, ``tol`` (on the
-    relative primal and dual residuals), ``rho`` (initial penalty; ``None`` = ``50 + lam``,
-    SPORCO's rule in this scaling), ``relax`` (over-relaxation, SPORCO's default 1.8),
-    ``check_every`` (``None`` = 10 on CPU, 20 on GPU), ``record`` (``"all"`` or ``"last"``) and
-    ``flush_denormals`` (run inside :func:`deconvnet.runtime.flush_denormals`)."""
+    relative primal and dual residuals; 0 runs ``max_iter`` iterations), ``rho`` (initial
+    penalty; ``None`` = ``50 + lam``, SPORCO's rule in this scaling), ``relax``
+    (over-relaxation, SPORCO's default 1.8), ``check_every`` (test, and adapt ``rho``, every
+    this many iterations; ``None`` = 1 on CPU, as SPORCO, 20 on GPU, to spare host
+    synchronisations), ``record`` (``"all"`` or ``"last"``) and ``flush_denormals`` (run
+    inside :func:`deconvnet.runtime.flush_denormals`)."""
 
     lam: float
     p: float = 1.0
@@ -106,20 +149,18 @@ class _Admm:
     def __init__(self, op: ConvOperator, y, z0, lam: float, p: float, rho: float, relax: float):
         B, C, H, W = y.shape
         self.H, self.W, self.lam, self.p, self.rho, self.relax = H, W, lam, p, rho, relax
+        self.xi = 1.0 + 18.3 ** (math.log10(1.0 / lam) + 1.0)  # SPORCO's residual target, lmbda = 1/lam
         self.eps = torch.finfo(y.dtype).eps
-        self.A = _spectra(op, H, W)
-        self.solver = _Solver(self.A, lam)
+        self.solver = _Solver(_spectra(op, H, W), lam)
         self.solver.factor(rho)
         self.pw = _parseval_weights(H, W, y.dtype, y.device)
         self.Yh = torch.fft.rfft2(y)
-        A = self.A
-        self.AhY = lam * torch.einsum("ckxy,bcxy->bkxy", A.conj(), self.Yh)
+        self.AhY = lam * self.solver.apply_adjoint(self.Yh)
         self.w = z0.clone()
         self.Wh = torch.fft.rfft2(self.w)
         # scaled dual from the z-step's optimality at z = w = z0: lam D^H(D z0 - y) + rho u = 0, so
         # a warm start at the optimum is already a fixed point
-        DhDw = torch.einsum("ckxy,bcxy->bkxy", A.conj(), torch.einsum("ckxy,bkxy->bcxy", A, self.Wh))
-        self.Uh = (self.AhY - lam * DhDw) / rho
+        self.Uh = (self.AhY - lam * self.solver.apply_adjoint(self.solver.apply(self.Wh))) / rho
         self.u = torch.fft.irfft2(self.Uh, s=(H, W))
 
     def step(self, it: int, check: bool) -> Iteration:
@@ -135,26 +176,43 @@ class _Admm:
         self.Uh = self.Uh + Zrh - Wh_new
         self.Wh = Wh_new
         # objective at the sparse iterate w, by Parseval
-        Rh = torch.einsum("ckxy,bkxy->bcxy", self.A, self.Wh) - self.Yh
+        Rh = self.solver.apply(self.Wh) - self.Yh
         data = 0.5 * self.lam * ((Rh.real ** 2 + Rh.imag ** 2) * self.pw).sum()
-        self.r_prim = bsum((z - w) ** 2).sqrt()
-        self.s_dual = rho * bsum((w - w_old) ** 2).sqrt()
-        scale_p = torch.maximum(bsum(z ** 2).sqrt(), bsum(w ** 2).sqrt()).clamp_min(self.eps)
-        scale_d = (rho * bsum(u ** 2).sqrt()).clamp_min(self.eps)
-        self.rel = torch.maximum(self.r_prim / scale_p, self.s_dual / scale_d).max()
-        return Iteration(data, penalty(w, self.p), self.rel, rho)
+        # primal and dual residuals per batch element, and relative to the iterates (SPORCO's)
+        self.r_abs = bsum((z - w) ** 2).sqrt()
+        self.s_abs = rho * bsum((w - w_old) ** 2).sqrt()
+        self.r = (self.r_abs / torch.maximum(bsum(z ** 2).sqrt(), bsum(w ** 2).sqrt()).clamp_min(self.eps)).max()
+        self.s = (self.s_abs / (rho * bsum(u ** 2).sqrt()).clamp_min(self.eps)).max()
+        return Iteration(data, penalty(w, self.p), torch.maximum(self.r, self.s), rho)
 
     def test(self, it: int, tol: float) -> bool:
-        if float(self.rel) < tol and it > 1:
+        r, s = float(self.r), float(self.s)
+        if r < tol and s < tol and it > 1:
             return True
-        rp, sd = float(self.r_prim.max()), float(self.s_dual.max())
-        if rp > _MU * sd or sd > _MU * rp:  # residual balancing
-            scale = _TAU if rp > _MU * sd else 1.0 / _TAU
-            self.rho *= scale
-            self.u = self.u / scale
-            self.Uh = self.Uh / scale
+        factor = self._balance(it, r, s)
+        if factor != 1.0:
+            self.rho *= factor
+            self.u = self.u / factor
+            self.Uh = self.Uh / factor
             self.solver.factor(self.rho)
         return False
+
+    def _balance(self, it: int, r: float, s: float) -> float:
+        """The factor for ``rho``: SPORCO's adaptive rule on the relative residuals for ``p = 1``
+        (up to iteration :data:`_ADAPT_UNTIL`); for ``p < 1``, where fast changes of ``rho``
+        drive the nonconvex iterate to zero, Boyd et al.'s (2011, eq. 3.13) on the absolute
+        residuals every 10th iteration."""
+        if self.p == 1.0:
+            if not 1 < it <= _ADAPT_UNTIL:
+                return 1.0
+            xi = self.xi
+            scale = _CAP if s == 0.0 or r == 0.0 else min(math.sqrt(r / (s * xi) if r > s * xi else (s * xi) / r),
+                                                           _CAP)
+            return scale if r > xi * _RATIO * s else 1.0 / scale if s > (_RATIO / xi) * r else 1.0
+        if it % 10:
+            return 1.0
+        rp, sd = float(self.r_abs.max()), float(self.s_abs.max())
+        return _TAU if rp > _MU * sd else 1.0 / _TAU if sd > _MU * rp else 1.0
 
 
 def admm(op: ConvOperator, y: torch.Tensor, z0: torch.Tensor, opts: AdmmOptions) -> SparseCode:
@@ -162,7 +220,8 @@ def admm(op: ConvOperator, y: torch.Tensor, z0: torch.Tensor, opts: AdmmOptions)
     (:func:`~deconvnet.sparse_code` does that)."""
     rho = float(50.0 + opts.lam) if opts.rho is None else float(opts.rho)
     state = _Admm(op, y, z0, opts.lam, opts.p, rho, opts.relax)
+    every = opts.check_every if opts.check_every is not None else (1 if y.device.type == "cpu" else 20)
     with flush_denormals(opts.flush_denormals):
-        history, converged, n_iter = iterate(state, max_iter=opts.max_iter, tol=opts.tol,
-                                             check_every=check_interval(opts.check_every, y), record=opts.record)
+        history, converged, n_iter = iterate(state, max_iter=opts.max_iter, tol=opts.tol, check_every=every,
+                                             record=opts.record)
     return SparseCode(state.w, history, converged, n_iter, "admm")
