@@ -13,6 +13,10 @@ paper's layer 3 (150 maps on 45 inputs through 300 random-pair connections, 7x7 
   ``2.5 N log2 N`` flops per real transform of ``N`` points), and a large ``torch.add``
   (GB/s: the memory bandwidth a streaming pass reaches).
 
+Then, for the paper's three layers and the coding problem, every operator path of
+:mod:`deconvnet.paths` forced in turn against the automatic choice, timed in the same way:
+the choice must be the fastest of the paths that give the reference's numbers bit for bit.
+
     python benchmarks/bench_limit.py [--threads 2] [--repeat 20] [--device cpu]
 """
 
@@ -24,7 +28,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import environment, parse
+from common import environment, parse, path_table
 
 import deconvnet as dn
 from deconvnet.ops import ConvOperator
@@ -54,6 +58,28 @@ def case(name, K, C, s, H, g, repeat, device):
     flops = 2 * 2 * E * H * H * s * s
     nbytes = 4 * 2 * (z.numel() + r.numel())
     return {"case": name, "ms": 1e3 * t, "gflops": flops / t / 1e9, "gbs": nbytes / t / 1e9, "connections": E}
+
+
+def forced_paths(name, K, C, s, H, g, repeat, device) -> str:
+    """One line: the time of D + D^T with every path forced, and the automatic choice."""
+    f = dn.init_filters(K, C, s, g, seed=0, dtype=torch.float32, device=device)
+    auto = ConvOperator(f, g)
+    chosen = auto.path_for((1, C, H, H))
+    z = torch.randn(1, K, H + s - 1, H + s - 1, device=device).contiguous(memory_format=auto.memory_format)
+    r = torch.randn(1, C, H, H, device=device)
+    ref = (auto.forward(z, auto.reference_path), auto.adjoint(r, auto.reference_path))
+    cells, times = [], {}
+    for path in dn.paths.PATHS:
+        op = ConvOperator(f, g, path=path)
+        exact = torch.equal(op.forward(z), ref[0]) and torch.equal(op.adjoint(r), ref[1])
+        t = best_time(lambda: (op.forward(z), op.adjoint(r)), repeat, device)
+        if exact:
+            times[str(path)] = t
+        cells.append(f"{1e3 * t:>22.2f}{' ' if exact else '!'}")
+    fastest = min(times, key=times.get)
+    verdict = "yes" if str(chosen) == fastest else f"no ({fastest})"
+    within = times[str(chosen)] / times[fastest]
+    return f"{name:<40} {str(chosen):<24}" + "".join(cells) + f"   {verdict:<8} {within:.2f}x"
 
 
 def main() -> None:
@@ -86,6 +112,17 @@ def main() -> None:
     print(f"{'conv2d 64->64 3x3 128x128 (reference)':<44}{1e3 * t_conv:>8.2f}{conv_gflops:>9.1f}")
     print(f"{'rfft2+irfft2 of 36 263x263 maps (reference)':<44}{1e3 * t_fft:>8.2f}{fft_gflops:>9.1f}")
     print(f"{'torch.add of 2 x 128 MB (reference)':<44}{1e3 * t_add:>8.2f}{'':>9}{bandwidth:>7.1f}")
+    print()
+    print("every path forced (ms for D + D^T, best of --repeat; ! = not bit-identical to the reference):")
+    print(f"{'operator':<40} {'automatic choice':<24}" + "".join(f"{str(p):>23}" for p in dn.paths.PATHS)
+          + "   fastest? auto/fastest")
+    g2 = dn.connectivity("singles+pairs", 45, 9)
+    for args_ in [("coding: 36 maps, 8x8, 256x256", 36, 1, 8, 256, None),
+                  ("paper layer 1: 9 on 1, 7x7, 96x96", 9, 1, 7, 96, None),
+                  ("paper layer 2: 45 on 9, 7x7, 102x102", 45, 9, 7, 102, g2),
+                  ("paper layer 3: 150 on 45, 7x7, 108x108", 150, 45, 7, 108, g3)]:
+        print(forced_paths(*args_, args.repeat, dev))
+    print(path_table())
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import torch
-from common import environment, highpass, parse
+from common import environment, highpass, parse, path_table
 from skimage import data
 
 import deconvnet as dn
@@ -81,6 +81,8 @@ def main() -> None:
         print("  " + "".join(f"{k:>9}" for k in maps))
         print("  " + "".join(f"{t:>9.2f}" for t in t_maps) + f"   exponent in maps {slope(maps, t_maps):.2f} overall, "
               f"{slope(maps[-3:], t_maps[-3:]):.2f} over the 3 largest")
+    print()
+    print(path_table())
     if args.plot:
         import matplotlib  # noqa: PLC0415
 
