@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 import torch
-from common import environment, highpass, parse
+from common import environment, highpass, parse, path_table
 from skimage import data
 from skimage.color import rgb2gray
 from skimage.transform import resize
@@ -131,6 +131,7 @@ def main() -> None:
                   f"{ref['seconds'] / hit[0]['seconds']:.1f}x faster")
         else:
             print("deconvnet does not reach SPORCO's quality within the epochs tried")
+    print(path_table())
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"env": env, "rows": rows}, fh, indent=1)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import numpy as np
 import torch
-from common import camera_problem, parse
+from common import camera_problem, environment, parse, path_table
 
 import deconvnet as dn
 
@@ -69,13 +68,13 @@ def main() -> None:
     lam = 20.0
     rows = [time_method(y, f, lam=lam, method=m, boundary=b, iters=args.iters, repeat=args.repeat, device=args.device)
             for m, b in [("fista", "valid"), ("fista", "circular"), ("admm", "circular"), ("continuation", "valid")]]
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
-           "machine": platform.processor() or platform.machine(), "problem": "camera 256x256 high-pass, 36 8x8, lam 20, float32"}
+    env = dict(environment(args.device), problem="camera 256x256 high-pass, 36 8x8, lam 20, float32")
     print(f"# {env}")
     print(f"{'method':<14}{'boundary':<10}{'best ms/it':>11}{'median':>8}{'iters':>7}{'objective':>12}{'nonzero':>9}")
     for r in rows:
         print(f"{r['method']:<14}{r['boundary']:<10}{r['ms_per_iter_best']:>11.2f}{r['ms_per_iter_median']:>8.2f}"
               f"{r['iterations']:>7}{r['objective']:>12.5g}{r['nonzero']:>9.4f}")
+    print(path_table())
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"env": env, "rows": rows}, fh, indent=1)

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import environment, parse
+from common import environment, parse, path_table
 
 import deconvnet as dn
 
@@ -55,6 +55,7 @@ def main() -> int:
           f"{'on disk' if layer.maps_.on_disk else 'in memory'}")
     print(f"training {seconds:.0f} s; peak RSS {peak_mb:.0f} MB; non-zero fraction "
           f"{layer.history_[-1].nonzero_fraction:.4f}")
+    print(path_table())
     return 0
 
 

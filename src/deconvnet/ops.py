@@ -166,18 +166,18 @@ class ConvOperator:
             if path is None:
                 key = (self.device.type, str(self.dtype), self.K, self.C, self.s, self.n_connections, self.sparse,
                        self.boundary, *shape)
-                z, r = self._probe_inputs(shape)
-                path = measure(key, self.reference_path, lambda p: (self.forward(z, p), self.adjoint(r, p)),
-                               self.device).path
+                path = measure(key, self.reference_path, lambda: self._probe(shape), self.device).path
             self._paths[shape] = path
         return path
 
-    def _probe_inputs(self, y_shape) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fixed random maps and inputs of ``y_shape`` to time and compare the paths on."""
+    def _probe(self, y_shape):
+        """``run(path)``: one ``D`` and one ``D^T`` along ``path`` on fixed random maps and inputs
+        of ``y_shape`` (made here, once), to time and compare the paths on."""
         gen = torch.Generator(device="cpu").manual_seed(0)
-        z = torch.randn(self.map_shape(y_shape), generator=gen, dtype=torch.float64)
-        r = torch.randn(tuple(y_shape), generator=gen, dtype=torch.float64)
-        return z.to(self.device, self.dtype).contiguous(memory_format=self.memory_format), r.to(self.device, self.dtype)
+        z = torch.randn(self.map_shape(y_shape), generator=gen, dtype=self.dtype)
+        r = torch.randn(tuple(y_shape), generator=gen, dtype=self.dtype)
+        z, r = z.to(self.device).contiguous(memory_format=self.memory_format), r.to(self.device)
+        return lambda path: (self.forward(z, path), self.adjoint(r, path))
 
     def forward(self, z: torch.Tensor, path: Path | None = None) -> torch.Tensor:
         """``D z``: ``(B, K, Hz, Wz) -> (B, C, H, W)`` (``path``: see :meth:`path_for`)."""

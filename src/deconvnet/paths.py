@@ -125,13 +125,14 @@ def _timed(fn: Callable[[], object], device: torch.device, budget: float = 0.05,
     return best
 
 
-def measure(key: tuple, reference: Path, run: Callable[[Path], tuple[torch.Tensor, ...]],
+def measure(key: tuple, reference: Path, probe: Callable[[], Callable[[Path], tuple[torch.Tensor, ...]]],
             device: torch.device) -> Choice:
-    """Time ``run(path)`` (one ``D`` and one ``D^T`` on fixed random inputs) for every
-    candidate, keep the fastest of those whose outputs equal ``run(reference)`` exactly, and
-    cache the choice under ``key``."""
+    """The choice cached under ``key``; on a miss, ``run = probe()`` (one ``D`` and one ``D^T``
+    along a path, on fixed random inputs made once) is timed for every candidate, and the
+    fastest of those whose outputs equal ``run(reference)`` exactly is kept."""
     if key in _CHOICES:
         return _CHOICES[key]
+    run = probe()
     ref = run(reference)
     choice = Choice(key, reference)
     for path in PATHS:
