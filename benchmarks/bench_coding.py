@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 import torch
-from common import camera_problem, environment, parse
+from common import camera_problem, environment, parse, path_table
 
 import deconvnet as dn
 
@@ -126,6 +126,7 @@ def main() -> None:
         t = f"{r['seconds_to_1e-4']:.3f}" if r["seconds_to_1e-4"] is not None else "not reached"
         n = str(r["iterations_to_1e-4"]) if r["iterations_to_1e-4"] is not None else "-"
         print(f"{r['library']:<10}{r['method']:<8}{r['ms_per_iter']:>9.2f}{r['final_objective']:>17.7g}{t:>13}{n:>11}")
+    print(path_table())
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"env": env, "best": best, "rows": rows, "runs": runs}, fh, indent=1)
