@@ -84,8 +84,8 @@ def sporco_run(X: np.ndarray, n_iter: int, seed: int):
 
 
 def ours_run(X: np.ndarray, n_epochs: int, seed: int, batch_size: int, max_iter: int, filter_method: str,
-             filter_iters: int):
-    layer = dn.DeconvLayer(1, K, S, lam=1.0 / LMBDA, p=1.0, method="fista", boundary="circular",
+             filter_iters: int, method: str = "fista"):
+    layer = dn.DeconvLayer(1, K, S, lam=1.0 / LMBDA, p=1.0, method=method, boundary="circular",
                            n_epochs=n_epochs, batch_size=batch_size, filter_method=filter_method,
                            filter_iters=filter_iters,
                            max_iter=max_iter, tol=1e-3, seed=seed)
@@ -96,11 +96,12 @@ def ours_run(X: np.ndarray, n_epochs: int, seed: int, batch_size: int, max_iter:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", default="8,16,32")
+    ap.add_argument("--epochs", default="16,20,24,32")
     ap.add_argument("--batch-size", type=int, default=10)
-    ap.add_argument("--max-iter", type=int, default=10, help="FISTA iterations per image per epoch (ours)")
-    ap.add_argument("--filter-method", default="gradient", choices=["cg", "gradient"])
-    ap.add_argument("--filter-iters", type=int, default=10)
+    ap.add_argument("--method", default="fista", choices=["fista", "admm"], help="our coding method")
+    ap.add_argument("--max-iter", type=int, default=5, help="coding iterations per image per epoch (ours)")
+    ap.add_argument("--filter-method", default="fista", choices=dn.config.FILTER_METHODS)
+    ap.add_argument("--filter-iters", type=int, default=5)
     ap.add_argument("--sporco-iters", type=int, default=100)
     ap.add_argument("--no-sporco", action="store_true", help="time deconvnet only")
     ap.add_argument("--seed", type=int, default=0)
@@ -122,7 +123,8 @@ def main() -> None:
     except ImportError:
         print("# sporco is not installed (pip install -e '.[bench]'): only deconvnet is timed")
     for e in (int(v) for v in args.epochs.split(",")):
-        sec, f = ours_run(X, e, args.seed, args.batch_size, args.max_iter, args.filter_method, args.filter_iters)
+        sec, f = ours_run(X, e, args.seed, args.batch_size, args.max_iter, args.filter_method, args.filter_iters,
+                          args.method)
         rows.append(row("deconvnet", f"{e} epochs", sec, f))
     env = environment("cpu")
     print(f"# {env}")

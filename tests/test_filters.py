@@ -13,7 +13,7 @@ import deconvnet
 from conftest import (map_shape, random_connectivity, ref_objective, ref_synthesize, to_np,
                       to_t, unit_norm_filters)
 
-METHODS = ["cg", "gradient"]
+METHODS = ["cg", "gradient", "fista"]
 
 
 def _data(y, z, f, lam, g, boundary):
@@ -188,7 +188,7 @@ def test_init_filters_is_seeded_and_unit_norm():
 # ---------------------------------------------------------------- planted recovery
 @pytest.mark.parametrize("boundary", ["valid", "circular"])
 @pytest.mark.parametrize("use_g", [False, True], ids=["full", "sparse_g"])
-@pytest.mark.parametrize("method,n_iter", [("cg", 2), ("gradient", 5)])
+@pytest.mark.parametrize("method,n_iter", [("cg", 2), ("gradient", 5), ("fista", 5)])
 def test_repeated_updates_with_true_maps_recover_planted_filters(method, n_iter, use_g, boundary):
     g = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]) if use_g else None
     K = 3 if use_g else 2
@@ -219,6 +219,27 @@ def test_cg_with_enough_iterations_solves_the_least_squares_problem_exactly(boun
     assert _data(y, z, out, 1.0, None, boundary) <= 1e-10 * _data(y, z, f, 1.0, None, boundary)
 
 
+@pytest.mark.parametrize("boundary", ["valid", "circular"])
+def test_fista_converges_to_the_least_squares_solution_inside_the_balls(boundary):
+    """Planted filters of norm 1/2: the least-squares minimiser lies inside every ball, so the
+    constrained minimiser is it, and the unit-norm result is f_true; also checked against a
+    dense least-squares solve (numpy) of the same problem."""
+    f_true, f, z, y = _planted(8, boundary=boundary)
+    y_half = ref_synthesize(z, 0.5 * f_true, None, boundary)
+    out = deconvnet.update_filters(to_t(y_half), to_t(z), to_t(f), method="fista", n_iter=400, boundary=boundary)
+    np.testing.assert_allclose(to_np(out), f_true, atol=1e-6)
+    # the dense oracle: columns = the synthesis of each filter tap
+    K, C, s, _ = f_true.shape
+    cols = []
+    for i in range(K * C * s * s):
+        e = np.zeros(K * C * s * s)
+        e[i] = 1.0
+        cols.append(ref_synthesize(z, e.reshape(f_true.shape), None, boundary).ravel())
+    sol = np.linalg.lstsq(np.stack(cols, 1), y_half.ravel(), rcond=None)[0].reshape(f_true.shape)
+    sol /= np.sqrt((sol ** 2).sum(axis=(2, 3), keepdims=True))
+    np.testing.assert_allclose(to_np(out), sol, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_single_update_near_optimum_clearly_reduces_data_term(method):
     """Indirect gradient check: from a slightly perturbed optimum, one update with one
@@ -245,7 +266,7 @@ def test_update_filters_at_exact_optimum_stays_there():
 # ---------------------------------------------------------------- errors
 def test_update_filters_rejects_unknown_method():
     f_true, f, z, y = _planted(11)
-    with pytest.raises(ValueError, match=re.escape("filter method='newton' is not known; use one of ('cg', 'gradient')")):
+    with pytest.raises(ValueError, match=re.escape("filter method='newton' is not known; use one of ('cg', 'gradient', 'fista')")):
         deconvnet.update_filters(to_t(y), to_t(z), to_t(f), method="newton")
 
 

@@ -206,6 +206,7 @@ def test_full_connectivity_string_equals_none():
     ("continuation", "valid", "cg"),
     ("fista", "valid", "gradient"),
     ("admm", "circular", "cg"),
+    ("admm", "circular", "fista"),
 ])
 def test_other_methods_fit_and_reconstruct(method, boundary, filter_method):
     x = _images(6)

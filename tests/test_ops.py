@@ -329,3 +329,23 @@ def test_map_operator_of_all_zero_maps_is_zero():
     assert A.sparse
     assert float(A.apply(f).abs().sum()) == 0.0
     assert float(A.adjoint(torch.randn(1, 2, 8, 8, dtype=torch.float64)).abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("K,C,pairs", [(4, 1, False), (3, 5, False), (12, 4, True)])
+def test_periodic_norm_sq_is_the_spectral_norm_of_the_dense_matrix(K, C, pairs):
+    """||D||^2 from the DFT of the filters against the largest singular value of the dense
+    matrix of the periodic synthesis, built column by column with scipy's convolution."""
+    from deconvnet.connectivity import connectivity
+
+    gen = torch.Generator().manual_seed(5)
+    s, H, W = 3, 6, 7
+    g = torch.as_tensor(connectivity("random-pairs", K, C, seed=0)) if pairs else None
+    op = deconvnet.ConvOperator(torch.randn(K, C, s, s, generator=gen, dtype=torch.float64), g, "circular")
+    cols = []
+    for i in range(K * H * W):
+        e = np.zeros(K * H * W)
+        e[i] = 1.0
+        cols.append(ref_synthesize(e.reshape(1, K, H, W), to_np(op.f), None if g is None else to_np(g),
+                                   "circular").ravel())
+    dense = np.stack(cols, 1)
+    assert op.periodic_norm_sq(H, W) == pytest.approx(np.linalg.norm(dense, 2) ** 2, rel=1e-10)

@@ -2,8 +2,9 @@ r"""FISTA for the sparse-coding problem (Beck & Teboulle 2009).
 
 Minimises :math:`\frac{\lambda}{2}\|Dz - y\|^2 + \sum|z|^p` with gradient steps of size ``1/L``
 on the data term followed by the exact ``|.|^p`` proximal step
-(:func:`~deconvnet.solvers.prox.shrink`). ``L`` starts from a power-iteration estimate of
-:math:`\lambda\|D\|^2` and is doubled whenever the sufficient-decrease test fails, so the method
+(:func:`~deconvnet.solvers.prox.shrink`). ``L`` starts from :math:`\lambda\|D\|^2`, exact for
+the circular boundary (from the DFT of the filters) and a power-iteration estimate for
+``"valid"``, and is doubled whenever the sufficient-decrease test fails, so the method
 converges to the minimiser for ``p = 1``; for ``p < 1`` it reaches a stationary point.
 Momentum is dropped where the objective rose (adaptive restart, O'Donoghue & Candes 2015).
 """
@@ -56,10 +57,13 @@ class _Fista:
 
     def __init__(self, op: ConvOperator, y: torch.Tensor, z0: torch.Tensor, lam: float, p: float):
         self.op, self.y, self.lam, self.p = op, y, lam, p
-        # power iteration on a domain of at most 64x64 pixels: ||D|| grows with the domain towards
-        # the supremum of its symbol, so a 10% margin covers the gap; the test below catches the rest.
-        H, W = min(y.shape[2], 64), min(y.shape[3], 64)
-        L = 1.1 * lam * op.norm_sq(op.map_shape((1, op.C, H, W)), n_iter=30)
+        if op.boundary == "circular":  # exact, from the DFT of the filters
+            L = lam * op.periodic_norm_sq(y.shape[2], y.shape[3])
+        else:
+            # power iteration on a domain of at most 64x64 pixels: ||D|| grows with the domain towards
+            # the supremum of its symbol, so a 10% margin covers the gap; the test below catches the rest.
+            H, W = min(y.shape[2], 64), min(y.shape[3], 64)
+            L = 1.1 * lam * op.norm_sq(op.map_shape((1, op.C, H, W)), n_iter=30)
         self.L = max(L, torch.finfo(y.dtype).tiny)
         self.eps = torch.finfo(y.dtype).eps
         self.z = z0.clone(memory_format=op.memory_format)
