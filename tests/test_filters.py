@@ -224,7 +224,7 @@ def test_fista_converges_to_the_least_squares_solution_inside_the_balls(boundary
     """Planted filters of norm 1/2: the least-squares minimiser lies inside every ball, so the
     constrained minimiser is it, and the unit-norm result is f_true; also checked against a
     dense least-squares solve (numpy) of the same problem."""
-    f_true, f, z, y = _planted(8, boundary=boundary)
+    f_true, f, z, _ = _planted(8, boundary=boundary)
     y_half = ref_synthesize(z, 0.5 * f_true, None, boundary)
     out = deconvnet.update_filters(to_t(y_half), to_t(z), to_t(f), method="fista", n_iter=400, boundary=boundary)
     np.testing.assert_allclose(to_np(out), f_true, atol=1e-6)

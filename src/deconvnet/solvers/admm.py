@@ -48,7 +48,7 @@ import torch
 
 from ..ops import ConvOperator
 from ..runtime import flush_denormals
-from ._loop import Iteration, SparseCode, bsum, iterate
+from ._loop import Iteration, SparseCode, iterate
 from .prox import penalty, shrink
 
 __all__ = ["AdmmOptions", "admm"]
