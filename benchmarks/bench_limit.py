@@ -17,6 +17,11 @@ Then, for the paper's three layers and the coding problem, every operator path o
 :mod:`deconvnet.paths` forced in turn against the automatic choice, timed in the same way:
 the choice must be the fastest of the paths that give the reference's numbers bit for bit.
 
+Last, the filter update's operator for dense maps with the circular boundary
+(:class:`deconvnet.ops.MapOperator`, ``f -> D_z f`` plus its adjoint ``G(z, r)``): the
+convolution path (``G`` as a convolution with an image-sized kernel) against the DFT path
+(used with full connectivity only), with the largest relative difference of ``G``.
+
     python benchmarks/bench_limit.py [--threads 2] [--repeat 20] [--device cpu]
 """
 
@@ -82,6 +87,31 @@ def forced_paths(name, K, C, s, H, g, repeat, device) -> str:
     return f"{name:<40} {str(chosen):<24}" + "".join(cells) + f"   {verdict:<8} {within:.2f}x"
 
 
+def map_operator(name, B, K, C, s, H, g, repeat, device) -> str:
+    """One line: ``D_z f`` + ``G(z, r)`` for dense circular maps, convolution path against DFT path."""
+    from deconvnet.ops import MapOperator  # noqa: PLC0415
+
+    gen = torch.Generator().manual_seed(0)
+    f = dn.init_filters(K, C, s, g, seed=0, dtype=torch.float32).to(device)
+    op = ConvOperator(f, g, "circular")
+    z = (torch.randn(B, K, H, H, generator=gen) * (torch.rand(B, K, H, H, generator=gen) < 0.1)).to(device)
+    r = torch.randn(B, C, H, H, generator=gen).to(device)
+    fourier = MapOperator(z, op, sparse=False)
+    if fourier.Zh is None:  # sparse connectivity: the DFT path, forced for the comparison
+        fourier.Zh = torch.fft.rfft2(z)
+    conv = MapOperator(z, op, sparse=False)
+    conv.Zh = None  # the convolution path
+    t_conv = best_time(lambda: (conv.apply(f), conv.adjoint(r)), repeat, device)
+    t_dft = best_time(lambda: (fourier.apply(f), fourier.adjoint(r)), repeat, device)
+    t_init = best_time(lambda: MapOperator(z, op, sparse=False), repeat, device)
+    Gc, Gf = conv.adjoint(r), fourier.adjoint(r)
+    if g is not None:  # the forced DFT path leaves unconnected planes unmasked
+        Gf = Gf * torch.as_tensor(g, dtype=Gf.dtype, device=device)[:, :, None, None]
+    diff = float((Gc - Gf).abs().max() / Gc.abs().max())
+    return (f"{name:<44}{1e3 * t_conv:>10.2f}{1e3 * t_dft:>10.2f}{t_conv / t_dft:>9.1f}x"
+            f"{1e3 * t_init:>12.2f}{diff:>12.1e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=20)
@@ -122,6 +152,14 @@ def main() -> None:
                   ("paper layer 2: 45 on 9, 7x7, 102x102", 45, 9, 7, 102, g2),
                   ("paper layer 3: 150 on 45, 7x7, 108x108", 150, 45, 7, 108, g3)]:
         print(forced_paths(*args_, args.repeat, dev))
+    print()
+    print("filter update, dense circular maps (ms for D_z f + G(z, r), best of --repeat; DFT set-up once per update):")
+    print(f"{'maps':<44}{'conv':>10}{'DFT':>10}{'speed-up':>10}{'DFT set-up':>12}{'max rel diff':>13}")
+    for args_ in [("dictlearn: 10 images 128x128, 16 maps 8x8", 10, 16, 1, 8, 128, None),
+                  ("coding: 36 maps 8x8, 256x256", 1, 36, 1, 8, 256, None),
+                  ("4 images 96x96, 64 maps 11x11", 4, 64, 1, 11, 96, None),
+                  ("45 on 9 (singles+pairs), 7x7, 102x102", 1, 45, 9, 7, 102, g2)]:
+        print(map_operator(*args_, args.repeat, dev))
     print(path_table())
 
 

@@ -317,14 +317,19 @@ class MapOperator:
     both maps are computed from the list of non-zeros: every non-zero ``z_k(i, j) = v`` adds
     ``v f_kc`` to the ``s x s`` window of ``y_c`` it touches (a scatter-add), and the
     gradient gathers the same windows of ``r``. The cost is ``O(nnz * s^2 * degree)`` instead
-    of ``O(E H W s^2)``. Otherwise, for ``"valid"``, the convolutions of :class:`ConvOperator`
-    are used; for ``"circular"`` both maps are products in the 2-D DFT, with the transform of
-    ``z`` taken once (``z`` is fixed for the whole filter update):
-    :math:`\hat y_{bc} = \sum_k g_{kc} \hat z_{bk} \hat f_{kc}` and
-    :math:`\hat G_{kc} = g_{kc} \sum_b \overline{\hat z_{bk}}\, \hat r_{bc}`, cropped to the
-    ``s x s`` lags. (The convolution path computes ``G`` as a convolution with an image-sized
-    kernel, which oneDNN runs at a small fraction of its speed: 24 ms against 4 ms for the
-    FFT on 10 images 128x128 with 16 filters of 8x8, measured with ``benchmarks/bench_limit.py``.)
+    of ``O(E H W s^2)``. Otherwise the convolutions of :class:`ConvOperator` are used, except
+    for the circular boundary with full connectivity: there both maps are products in the 2-D
+    DFT, with the transform of ``z`` taken once (``z`` is fixed for the whole filter update),
+    :math:`\hat y_{bc} = \sum_k \hat z_{bk} \hat f_{kc}` and
+    :math:`\hat G_{kc} = \sum_b \overline{\hat z_{bk}}\, \hat r_{bc}` cropped to the
+    ``s x s`` lags. The convolution path computes ``G`` as a convolution with an image-sized
+    kernel, which oneDNN runs at a small fraction of its speed; the DFT path's cost grows with
+    the ``K C`` filter planes instead of the ``E`` connections, so with sparse connectivity it
+    loses. Measured by the last table of ``benchmarks/bench_limit.py`` (AMD EPYC, AVX-512, 2
+    threads): 5.0x, 2.6x and 6.2x faster on three fully connected shapes, 10x slower for 45
+    maps on 9 through singles and pairs. The rule is fixed, not timed: the two paths differ in
+    rounding (about 1e-6 relative in float32), and a timed choice would make results depend on
+    the machine's load.
 
     Args:
         z: maps ``(B, K, Hz, Wz)``; op: a :class:`ConvOperator` giving connectivity, boundary
@@ -347,9 +352,8 @@ class MapOperator:
         self.sparse = bool(sparse)
         self.Zh = None
         if not self.sparse:
-            if op.boundary == "circular":
+            if op.boundary == "circular" and op.n_connections == K * op.C:  # full connectivity
                 self.Zh = torch.fft.rfft2(z)  # (B, K, H, W//2+1)
-                self.mask = None if op.g is None else op.g[:, :, None, None].to(z.dtype)
             return
         mask = torch.ones(K, op.C, dtype=torch.bool, device=z.device) if op.g is None else op.g
         k_e, c_e = mask.nonzero(as_tuple=True)  # edges sorted by k, then c
@@ -384,8 +388,7 @@ class MapOperator:
     def apply(self, f: torch.Tensor) -> torch.Tensor:
         """``D_z f``: ``(K, C, s, s) -> (B, C, H, W)``."""
         if self.Zh is not None:
-            fm = f if self.mask is None else f * self.mask
-            Fh = torch.fft.rfft2(fm, s=(self.H, self.W))  # filters zero-padded at the origin
+            Fh = torch.fft.rfft2(f, s=(self.H, self.W))  # filters zero-padded at the origin
             return torch.fft.irfft2(torch.einsum("bkxy,kcxy->bcxy", self.Zh, Fh), s=(self.H, self.W))
         if not self.sparse:
             return self.op.with_filters(f).forward(self.z)
@@ -404,8 +407,7 @@ class MapOperator:
         """``G(z, r)``: ``(B, C, H, W) -> (K, C, s, s)``, zero where ``g`` is zero."""
         if self.Zh is not None:
             Gh = torch.einsum("bkxy,bcxy->kcxy", self.Zh.conj(), torch.fft.rfft2(r))
-            G = torch.fft.irfft2(Gh, s=(self.H, self.W))[..., :self.s, :self.s]
-            return G.contiguous() if self.mask is None else G * self.mask
+            return torch.fft.irfft2(Gh, s=(self.H, self.W))[..., :self.s, :self.s].contiguous()
         if not self.sparse:
             return self.op.filter_gradient(self.z, r)
         s = self.s
