@@ -73,7 +73,8 @@ class _Solver:
     i.e. ``z = b - lam A^H (rho I + lam A A^H)^{-1} A b`` (Woodbury)."""
 
     def __init__(self, A: torch.Tensor, lam: float):
-        self.A, self.Ac, self.lam = A, A.conj(), lam
+        # the conjugate materialised once: a lazy conj() view is copied by every product that reads it
+        self.A, self.Ac, self.lam = A, A.conj().resolve_conj(), lam
         self.C = A.shape[0]
         if self.C == 1:  # |a|^2 summed over k, per frequency
             self.aa = (A[0].real ** 2 + A[0].imag ** 2).sum(0)  # (F1, F2)
@@ -148,8 +149,9 @@ class _Admm:
     """The ADMM iterate: ``w`` (sparse), the scaled dual ``u``, their transforms, and the
     per-frequency solver for the current ``rho``.
 
-    All map-sized arrays are allocated here, once: the loop writes into them (the FFTs too,
-    through ``out=``), and ``w`` and its transform rotate with a spare each. Per iteration
+    The map-sized arrays are allocated here, once, and the loop writes into them (``w``
+    rotates with a spare), except the transform of ``w``, which ``rfft2`` allocates: given
+    ``out=``, it computes into a temporary and copies. Per iteration
     that is 2 FFTs, 9 passes over the spectra and 5 over the maps, plus 7 more over the maps
     in a tested iteration (the residual norms).
     """
@@ -170,8 +172,8 @@ class _Admm:
         # a warm start at the optimum is already a fixed point
         self.Uh = (self.AhY - lam * self.solver.apply_adjoint(self.solver.apply(self.Wh))) / rho
         self.u = torch.fft.irfft2(self.Uh, s=(H, W))
-        # work buffers: spectra (b / Z, a product), maps (z, v, spare w), spare spectrum of w
-        self.bh, self.work, self.Wh_spare = (torch.empty_like(self.Wh) for _ in range(3))
+        # work buffers: spectra (b / Z, a product), maps (z, v, spare w)
+        self.bh, self.work = (torch.empty_like(self.Wh) for _ in range(2))
         self.z, self.v, self.w_spare = (torch.empty_like(self.w) for _ in range(3))
         self.dims = tuple(range(1, y.ndim))
 
@@ -188,10 +190,10 @@ class _Admm:
         v = torch.lerp(self.w, z, relax, out=self.v).add_(self.u)
         w_old, w = self.w, shrink(v, rho, self.p, out=self.w_spare)
         self.Uh.add_(torch.lerp(self.Wh, Zh, relax, out=self.work))  # + Zr (the transforms, by linearity)
-        Wh = torch.fft.rfft2(w, out=self.Wh_spare)
+        Wh = torch.fft.rfft2(w)  # (with out=, torch computes into a temporary and copies)
         self.Uh.sub_(Wh)
         u = torch.sub(v, w, out=self.u)  # u + zr - w
-        self.w, self.w_spare, self.Wh, self.Wh_spare = w, w_old, Wh, self.Wh
+        self.w, self.w_spare, self.Wh = w, w_old, Wh
         # objective at the sparse iterate w, by Parseval (the residual has C channels only)
         Rh = self.solver.apply(Wh, self.work) - self.Yh
         data = 0.5 * self.lam * ((Rh.real ** 2 + Rh.imag ** 2) * self.pw).sum()
