@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 from bench_coding import LMBDA, objective_sporco_units
 from common import camera_problem, environment, parse
