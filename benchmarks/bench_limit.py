@@ -89,7 +89,7 @@ def forced_paths(name, K, C, s, H, g, repeat, device) -> str:
 
 def map_operator(name, B, K, C, s, H, g, repeat, device) -> str:
     """One line: ``D_z f`` + ``G(z, r)`` for dense circular maps, convolution path against DFT path."""
-    from deconvnet.ops import MapOperator  # noqa: PLC0415
+    from deconvnet.ops import MapOperator
 
     gen = torch.Generator().manual_seed(0)
     f = dn.init_filters(K, C, s, g, seed=0, dtype=torch.float32).to(device)

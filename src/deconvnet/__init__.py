@@ -36,6 +36,7 @@ from .model_io import ModelFileError
 from .network import DeconvNet, snr_db
 from .ops import ConvOperator, MapOperator, filter_gradient, synthesize, synthesize_adjoint
 from .images import ImageReadError, ImageSet, read_folder, read_images
+from .sparsity import Calibration, lam_for_density, lam_zero
 from . import paths, runtime
 
 __all__ = [
@@ -72,6 +73,9 @@ __all__ = [
     "synthesize",
     "synthesize_adjoint",
     "update_filters",
+    "Calibration",
+    "lam_for_density",
+    "lam_zero",
     "paths",
     "runtime",
 ]

@@ -1,0 +1,137 @@
+r"""Sparsity in terms that do not depend on the scale of the inputs (issue 12, item 1).
+
+The cost of a layer, :math:`\frac{\lambda}{2}\|Dz - y\|^2 + \sum|z|^p`, is not scale-free:
+for inputs ``c y`` the minimiser is ``c z`` exactly when ``lam`` becomes
+:math:`\lambda c^{p-2}` (both terms then scale by :math:`c^p`). The paper's ``lam = 1`` thus
+means one thing for images in [0, 1] and another for the rescaled maps of a layer below, where
+it can give the all-zero solution. Two scale-free ways to set it:
+
+:func:`lam_zero`, the unit of ``lam``
+    :math:`\lambda_0 = M^{p-2}` with :math:`M = \max|D^T y|` (over the batch). For ``p = 1``
+    this is exact: ``z = 0`` minimises the cost if and only if
+    :math:`\lambda \max|D^T y| \le 1` (the subgradient condition at 0), so ``lam_0`` is the
+    largest ``lam`` whose maps are all zero, and ``lam / lam_0`` says how far past that point
+    a setting is. For ``p < 1``, 0 is always a local minimiser and there is no such threshold;
+    ``lam_0`` is still the unit that scales with the inputs as ``lam`` must.
+:func:`lam_for_density`, the ``lam`` of a target fraction of non-zero entries
+    found by bisection on :math:`\log(\lambda/\lambda_0)` with the solver the layer uses,
+    each solve warm-started from the nearest one before. For inputs ``c y`` it returns
+    :math:`\lambda c^{p-2}` up to rounding, and maps ``c z``.
+
+With the filters fixed these are exact statements about one cost; while filters are learned,
+``lam_0`` moves with them, so a layer that keeps a target density re-calibrates as it trains.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import check_int, check_p, check_positive
+from .ops import ConvOperator
+from .solvers import sparse_code
+
+__all__ = ["Calibration", "lam_for_density", "lam_zero"]
+
+
+def lam_zero(y: torch.Tensor, f: torch.Tensor, *, p: float = 1.0, g=None, boundary: str = "valid",
+             per_sample: bool = False) -> float | torch.Tensor:
+    r""":math:`\lambda_0 = (\max|D^T y|)^{p-2}`: for ``p = 1`` the largest ``lam`` at which
+    ``z = 0`` minimises :math:`\frac{\lambda}{2}\|Dz - y\|^2 + \|z\|_1`.
+
+    Args:
+        y: inputs ``(B, C, H, W)``; f: filters ``(K, C, s, s)``; g, boundary: as
+            :func:`~deconvnet.sparse_code`.
+        p: sparsity exponent in ``(0, 1]``.
+        per_sample: return ``(B,)``, one value per input, instead of one for the batch.
+
+    Returns:
+        a float (the batch's: the smallest of the per-sample values), or a ``(B,)`` tensor;
+        ``inf`` where ``D^T y`` is 0.
+    """
+    p = check_p(p)
+    op = ConvOperator(f, g, boundary)
+    op.check_images(y)
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("y contains NaN or Inf")
+    M = op.adjoint(y).abs().flatten(1).amax(1).double()  # (B,)
+    lam0 = torch.where(M > 0, M.clamp_min(torch.finfo(torch.float64).tiny) ** (p - 2.0),
+                       torch.full_like(M, math.inf))
+    return lam0 if per_sample else float(lam0.min())
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Result of :func:`lam_for_density`: ``lam``, the ``density`` its maps have, ``lam_zero``
+    (the unit), ``evaluations`` (solves made) and the maps ``z`` at ``lam``."""
+
+    lam: float
+    density: float
+    lam_zero: float
+    evaluations: int
+    z: torch.Tensor
+
+
+def lam_for_density(y: torch.Tensor, f: torch.Tensor, density: float, *, p: float = 1.0, g=None,
+                    boundary: str = "valid", method: str = "fista", max_iter: int = 200, tol: float = 1e-4,
+                    rtol: float = 0.05, max_evaluations: int = 30, **solver_options) -> Calibration:
+    r"""The ``lam`` at which the maps of ``y`` have ``density`` non-zero entries (a fraction
+    of all map entries of the batch), within ``rtol`` relative.
+
+    Bracketing from ``lam_0`` (:func:`lam_zero`) upward by factors of 4, then bisection on
+    :math:`\log\lambda`; every solve is :func:`~deconvnet.sparse_code` with ``method``,
+    ``max_iter``, ``tol`` and ``solver_options``, warm-started from the solve at the nearest
+    ``lam`` below. The density is assumed to grow with ``lam``, as it does for ``p = 1`` in
+    practice (not guaranteed for every problem: the best bracket point is returned if the
+    target is not met within ``max_evaluations``).
+
+    Raises:
+        ValueError: for a density outside ``(0, 1)`` or inputs with ``D^T y = 0``.
+    """
+    if not (isinstance(density, (int, float)) and 0.0 < density < 1.0):
+        raise ValueError(f"density must be a fraction in (0, 1), got {density!r}")
+    rtol = check_positive("rtol", rtol)
+    max_evaluations = check_int("max_evaluations", max_evaluations)
+    lam0 = lam_zero(y, f, p=p, g=g, boundary=boundary)
+    if not math.isfinite(lam0):
+        raise ValueError("D^T y is zero: every lam gives all-zero maps, no density can be reached")
+    evaluations = 0
+    warm: dict[float, torch.Tensor] = {}
+
+    def measure(log_ratio: float) -> tuple[float, torch.Tensor]:
+        nonlocal evaluations
+        evaluations += 1
+        below = [k for k in warm if k <= log_ratio]
+        z0 = warm[max(below)] if below else None
+        z = sparse_code(y, f, lam=lam0 * math.exp(log_ratio), p=p, g=g, method=method, boundary=boundary,
+                        z0=z0, max_iter=max_iter, tol=tol, record="last", **solver_options).z
+        warm[log_ratio] = z
+        return float((z != 0).sum()) / z.numel(), z
+
+    def done(d: float) -> bool:
+        return abs(d - density) <= rtol * density
+
+    lo, d_lo, z_lo = 0.0, 0.0, None  # at lam_0 the maps are (for p = 1) all zero
+    hi = math.log(4.0)
+    d_hi, z_hi = measure(hi)
+    while d_hi < density and evaluations < max_evaluations:
+        if done(d_hi):
+            break
+        lo, d_lo, z_lo = hi, d_hi, z_hi
+        hi += math.log(4.0)
+        d_hi, z_hi = measure(hi)
+    best = min(((hi, d_hi, z_hi), (lo, d_lo, z_lo)), key=lambda t: abs(t[1] - density) if t[2] is not None
+               else math.inf)
+    while not done(best[1]) and evaluations < max_evaluations:
+        mid = 0.5 * (lo + hi)
+        d_mid, z_mid = measure(mid)
+        if d_mid < density:
+            lo, d_lo = mid, d_mid
+        else:
+            hi, d_hi = mid, d_mid
+        if abs(d_mid - density) < abs(best[1] - density):
+            best = (mid, d_mid, z_mid)
+    log_ratio, d, z = best
+    return Calibration(lam0 * math.exp(log_ratio), d, lam0, evaluations, z)
