@@ -13,7 +13,7 @@ import deconvnet
 from conftest import (map_shape, random_connectivity, ref_objective, ref_synthesize, to_np,
                       to_t, unit_norm_filters)
 
-METHODS = ["cg", "gradient", "fista"]
+METHODS = ["cg", "gradient", "fista", "exact"]
 
 
 def _data(y, z, f, lam, g, boundary):
@@ -188,7 +188,7 @@ def test_init_filters_is_seeded_and_unit_norm():
 # ---------------------------------------------------------------- planted recovery
 @pytest.mark.parametrize("boundary", ["valid", "circular"])
 @pytest.mark.parametrize("use_g", [False, True], ids=["full", "sparse_g"])
-@pytest.mark.parametrize("method,n_iter", [("cg", 2), ("gradient", 5), ("fista", 5)])
+@pytest.mark.parametrize("method,n_iter", [("cg", 2), ("gradient", 5), ("fista", 5), ("exact", 1)])
 def test_repeated_updates_with_true_maps_recover_planted_filters(method, n_iter, use_g, boundary):
     g = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]) if use_g else None
     K = 3 if use_g else 2
@@ -240,6 +240,57 @@ def test_fista_converges_to_the_least_squares_solution_inside_the_balls(boundary
     np.testing.assert_allclose(to_np(out), sol, atol=1e-6)
 
 
+@pytest.mark.parametrize("boundary", ["valid", "circular"])
+@pytest.mark.parametrize("use_g", [False, True], ids=["full", "sparse_g"])
+def test_normal_equations_match_the_dense_least_squares_problem(boundary, use_g):
+    """Per channel, the Gram matrix and right-hand side from the non-zeros of z against
+    A_c^T A_c and A_c^T y_c of the dense matrix whose columns are scipy syntheses of unit taps."""
+    from deconvnet.filters import normal_equations
+
+    g = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]) if use_g else None
+    K = 3 if use_g else 2
+    _, f, z, y = _planted(12, K=K, boundary=boundary, g=g)
+    op = deconvnet.ConvOperator(to_t(f), _g_t(g), boundary)
+    eq = normal_equations(to_t(y), to_t(z), op)
+    s = f.shape[2]
+    for c in range(2):
+        ks = [k for k in range(K) if g is None or g[k, c]]
+        assert eq.maps[c].tolist() == ks
+        cols = []
+        for k in ks:
+            for t in range(s * s):
+                e = np.zeros(f.shape)
+                e[k, c].flat[t] = 1.0
+                cols.append(ref_synthesize(z, e, None, boundary)[:, c].ravel())
+        Ac = np.stack(cols, 1)
+        np.testing.assert_allclose(to_np(eq.gram[c]), Ac.T @ Ac, atol=1e-10)
+        np.testing.assert_allclose(to_np(eq.rhs[c]), Ac.T @ y[:, c].ravel(), atol=1e-10)
+
+
+@pytest.mark.parametrize("boundary", ["valid", "circular"])
+def test_exact_update_recovers_planted_filters_in_one_step_and_keeps_dead_maps(boundary):
+    f_true, f, z, y = _planted(13, K=3, boundary=boundary)
+    out = deconvnet.update_filters(to_t(y), to_t(z), to_t(f), method="exact", boundary=boundary)
+    np.testing.assert_allclose(to_np(out), f_true, atol=1e-8)
+    z_dead = z.copy()
+    z_dead[:, 1] = 0.0  # map 1 never fires: its planes stay as they were
+    y_dead = ref_synthesize(z_dead, f_true, None, boundary)
+    out = deconvnet.update_filters(to_t(y_dead), to_t(z_dead), to_t(f), method="exact", boundary=boundary)
+    np.testing.assert_allclose(to_np(out)[1], f[1], atol=1e-12)
+    np.testing.assert_allclose(to_np(out)[[0, 2]], f_true[[0, 2]], atol=1e-8)
+
+
+def test_normal_equations_of_two_batches_add_up():
+    from deconvnet.filters import normal_equations
+
+    _, f, z, y = _planted(14, B=4)
+    op = deconvnet.ConvOperator(to_t(f))
+    whole = normal_equations(to_t(y), to_t(z), op)
+    parts = normal_equations(to_t(y[:2]), to_t(z[:2]), op) + normal_equations(to_t(y[2:]), to_t(z[2:]), op)
+    for a, b in zip(whole.gram + whole.rhs, parts.gram + parts.rhs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_single_update_near_optimum_clearly_reduces_data_term(method):
     """Indirect gradient check: from a slightly perturbed optimum, one update with one
@@ -266,7 +317,7 @@ def test_update_filters_at_exact_optimum_stays_there():
 # ---------------------------------------------------------------- errors
 def test_update_filters_rejects_unknown_method():
     f_true, f, z, y = _planted(11)
-    with pytest.raises(ValueError, match=re.escape("filter method='newton' is not known; use one of ('cg', 'gradient', 'fista')")):
+    with pytest.raises(ValueError, match=re.escape("filter method='newton' is not known; use one of ('cg', 'gradient', 'fista', 'exact')")):
         deconvnet.update_filters(to_t(y), to_t(z), to_t(f), method="newton")
 
 

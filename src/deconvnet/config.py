@@ -46,7 +46,7 @@ __all__ = ["ConfigError", "LayerConfig", "NetConfig", "PRESETS", "preset", "appl
 #: inference methods, :mod:`deconvnet.solvers`.
 METHODS = ("continuation", "fista", "admm")
 #: filter updates, :mod:`deconvnet.filters`.
-FILTER_METHODS = ("cg", "gradient", "fista")
+FILTER_METHODS = ("cg", "gradient", "fista", "exact")
 #: boundaries of the synthesis, :mod:`deconvnet.ops`.
 BOUNDARIES = ("valid", "circular")
 #: channels of layer 1's input, :mod:`deconvnet.images`.

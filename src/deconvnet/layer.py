@@ -58,8 +58,8 @@ class DeconvLayer(TransformerMixin, BaseEstimator):
         boundary: ``"valid"`` (paper) or ``"circular"``.
         n_epochs: passes over the training images.
         batch_size: images per filter update (1 = per image, as the toolbox).
-        filter_method, filter_iters: filter update (``"cg"`` as the paper, ``"gradient"`` or
-            ``"fista"``) and its iterations per update.
+        filter_method, filter_iters: filter update (``"cg"`` as the paper, ``"gradient"``,
+            ``"fista"`` or ``"exact"``) and its iterations per update.
         max_iter, tol, beta0, beta_inc, n_beta, n_cg: passed to :func:`~deconvnet.sparse_code`.
         seed: seeds the filter initialisation and the image order.
         device, dtype: where and in which precision to compute.

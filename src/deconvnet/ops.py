@@ -378,8 +378,10 @@ class MapOperator:
         plane = (bn[src] * self.C + c) * self.Hf  # (N,)
         self.index = (((plane[:, None] + rows)[:, :, None]) * self.Wf + cols[:, None, :]).reshape(-1)  # (N*s*s,)
 
-    def _full(self, r: torch.Tensor) -> torch.Tensor:
-        """``r`` placed in the full-convolution buffer (valid) or as it is (circular)."""
+    def full(self, r: torch.Tensor) -> torch.Tensor:
+        """``r`` ``(B, C, H, W)`` placed in the full-convolution buffer ``(B, C, Hf, Wf)`` that
+        the indices of the non-zero path address (zero-bordered for ``"valid"``; ``r`` itself
+        for ``"circular"``)."""
         if self.op.boundary == "circular":
             return r.contiguous()
         o = self.s - 1
@@ -411,7 +413,7 @@ class MapOperator:
         if not self.sparse:
             return self.op.filter_gradient(self.z, r)
         s = self.s
-        windows = self._full(r).reshape(-1)[self.index].view(-1, s * s)  # (N, s*s)
+        windows = self.full(r).reshape(-1)[self.index].view(-1, s * s)  # (N, s*s)
         G_e = torch.zeros(self.E, s * s, dtype=r.dtype, device=r.device)
         G_e.index_add_(0, self.edge, windows * self.values[:, None])
         G = torch.zeros(self.K, self.C, s, s, dtype=r.dtype, device=r.device)
