@@ -6,7 +6,7 @@ With ``z`` fixed the data term is a quadratic in the filters,
 .. math:: Q(f) = \frac{\lambda}{2}\sum_b\sum_c \Big\|\sum_k g_{kc}\, z_{bk} * f_{kc} - y_{bc}\Big\|^2,
 
 whose gradient is ``lam * G(z, D_z f - y)`` with ``G`` the correlation of
-:class:`deconvnet.ops.MapOperator` (computed from the non-zeros of sparse maps). Two updates are offered:
+:class:`deconvnet.ops.MapOperator` (computed from the non-zeros of sparse maps). Four updates are offered:
 
 ``"cg"`` (the paper and the toolbox)
     ``n_iter`` conjugate-gradient iterations on the normal equations, warm-started at the
@@ -65,7 +65,7 @@ class FilterOptions:
     above)."""
 
     lam: float
-    method: str = "cg"  # "cg", "gradient" or "fista"
+    method: str = "cg"  # one of config.FILTER_METHODS
     n_iter: int = 2
 
     @classmethod
@@ -176,7 +176,7 @@ class NormalEquations:
     r"""The filter least-squares problem of one input channel at a time, summed over a batch:
     for channel ``c``, with ``x_c`` the planes ``f_kc`` of its connected maps ``maps[c]``
     stacked (``len(maps[c]) * s * s`` unknowns, map-major, row-major taps),
-    :math:`	frac12\|A_c x_c - y_c\|^2` has Gram ``gram[c]`` :math:`= A_c^T A_c` and
+    :math:`\tfrac12\|A_c x_c - y_c\|^2` has Gram ``gram[c]`` :math:`= A_c^T A_c` and
     right-hand side ``rhs[c]`` :math:`= A_c^T y_c`. Sums of two batches' equations add."""
 
     maps: list[torch.Tensor]

@@ -326,10 +326,10 @@ class MapOperator:
     kernel, which oneDNN runs at a small fraction of its speed; the DFT path's cost grows with
     the ``K C`` filter planes instead of the ``E`` connections, so with sparse connectivity it
     loses. Measured by the last table of ``benchmarks/bench_limit.py`` (AMD EPYC, AVX-512, 2
-    threads): 5.0x, 2.6x and 6.2x faster on three fully connected shapes, 10x slower for 45
-    maps on 9 through singles and pairs. The rule is fixed, not timed: the two paths differ in
-    rounding (about 1e-6 relative in float32), and a timed choice would make results depend on
-    the machine's load.
+    threads; the README's run): 6.4x, 2.2x and 8.8x faster on three fully connected shapes,
+    11x slower for 45 maps on 9 through singles and pairs. The rule is fixed, not timed: the
+    two paths differ in rounding (about 1e-6 relative in float32), and a timed choice would
+    make results depend on the machine's load.
 
     Args:
         z: maps ``(B, K, Hz, Wz)``; op: a :class:`ConvOperator` giving connectivity, boundary
