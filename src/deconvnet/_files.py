@@ -48,3 +48,11 @@ def atomic_write_bytes(path, data: bytes, fsync: bool = True) -> Path:
 def atomic_write_text(path, text: str) -> Path:
     """:func:`atomic_write_bytes` for UTF-8 text."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temporaries(folder) -> None:
+    """Delete the temporary files that :func:`atomic_write_bytes` leaves in ``folder`` when
+    the process is killed mid-write (``.NAME.XXXX.tmp``); the files they were to replace are
+    intact (old or new), so nothing is lost."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)

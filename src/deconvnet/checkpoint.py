@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ._files import atomic_write_bytes
+from .filters import NormalEquations
 from .mapstore import MapSequence, MapStore
 from .train import EpochRecord, EpochSums, LayerFit, TrainHooks, TrainState
 
@@ -56,6 +57,10 @@ STATE = "state.safetensors"
 
 class CheckpointError(ValueError):
     """A checkpoint is unreadable or belongs to another run."""
+
+
+def _opt_float(v) -> float | None:
+    return None if v is None else float(v)
 
 
 def fingerprint(config_json: str, inputs: list[torch.Tensor]) -> str:
@@ -98,13 +103,14 @@ def _fsync(path: Path, errors_ok: bool = False) -> bool:
 @dataclass
 class FinishedLayer:
     """A layer trained to the end: its history, training seconds, per-map activity and the
-    chaining affine ``(a, b)`` that maps its maps to the next layer's inputs (its filters are
-    the tensor ``layer{l}.filters``)."""
+    chaining affine ``(a, b)`` that maps its maps to the next layer's inputs, and the ``lam`` it
+    ended with (``None``: the config's; its filters are the tensor ``layer{l}.filters``)."""
 
     history: list[EpochRecord]
     seconds: float
     map_activity: list[float]
     chain_affine: tuple[float, float]
+    lam: float | None = None
 
 
 @dataclass
@@ -124,7 +130,8 @@ class RunState:
         """The JSON document and the tensors of this state."""
         doc = {"fingerprint": self.fingerprint, "maps": {str(k): v for k, v in self.maps.items()},
                "finished": [{"history": [asdict(r) for r in f.history], "seconds": f.seconds,
-                             "map_activity": f.map_activity, "chain_affine": list(f.chain_affine)}
+                             "map_activity": f.map_activity, "chain_affine": list(f.chain_affine),
+                             "lam": f.lam}
                             for f in self.finished],
                "current": None}
         tensors = {}
@@ -132,18 +139,25 @@ class RunState:
             c = self.current
             doc["current"] = {"layer": self.layer, "epoch": c.epoch, "batches_done": c.batches_done,
                               "order": c.order, "sums": asdict(c.sums), "history": [asdict(r) for r in c.history],
-                              "seconds": c.seconds, "epoch_seconds": c.epoch_seconds}
+                              "seconds": c.seconds, "epoch_seconds": c.epoch_seconds, "lam": c.lam,
+                              "equations": None}
             tensors = {"current.filters": c.filters, "current.rng": c.rng.get_state()}
+            if c.equations is not None:  # filter_every="epoch": the sums so far, exactly
+                eq = c.equations
+                doc["current"]["equations"] = {"shape": list(eq.shape), "channels": len(eq.maps)}
+                for i, (ks, G, r) in enumerate(zip(eq.maps, eq.gram, eq.rhs)):
+                    tensors.update({f"current.eq{i}.maps": ks, f"current.eq{i}.gram": G, f"current.eq{i}.rhs": r})
         return doc, tensors
 
     @classmethod
-    def from_document(cls, doc: dict, tensors: dict[str, torch.Tensor]) -> "RunState":
+    def from_document(cls, doc: dict, tensors: dict[str, torch.Tensor]) -> RunState:
         """Read back :meth:`to_document`; ``KeyError``/``TypeError``/``ValueError`` when it is not one."""
         state = cls(str(doc["fingerprint"]), maps={int(k): [int(e) for e in v] for k, v in doc["maps"].items()})
         for f in doc["finished"]:
             state.finished.append(FinishedLayer([EpochRecord(**r) for r in f["history"]], float(f["seconds"]),
                                                 [float(v) for v in f["map_activity"]],
-                                                (float(f["chain_affine"][0]), float(f["chain_affine"][1]))))
+                                                (float(f["chain_affine"][0]), float(f["chain_affine"][1])),
+                                                _opt_float(f.get("lam"))))
         c = doc["current"]
         if c is not None:
             rng = torch.Generator(device="cpu")
@@ -152,7 +166,13 @@ class RunState:
             state.current = TrainState(tensors["current.filters"], rng, int(c["epoch"]), int(c["batches_done"]),
                                        None if c["order"] is None else [int(i) for i in c["order"]],
                                        EpochSums(**c["sums"]), [EpochRecord(**r) for r in c["history"]],
-                                       float(c["seconds"]), float(c["epoch_seconds"]))
+                                       float(c["seconds"]), float(c["epoch_seconds"]), _opt_float(c.get("lam")))
+            eq = c.get("equations")
+            if eq is not None:
+                n = int(eq["channels"])
+                state.current.equations = NormalEquations(
+                    [tensors[f"current.eq{i}.maps"] for i in range(n)], [tensors[f"current.eq{i}.gram"] for i in range(n)],
+                    [tensors[f"current.eq{i}.rhs"] for i in range(n)], tuple(int(v) for v in eq["shape"]))
         return state
 
 
@@ -312,12 +332,12 @@ class Checkpoint:
                 store.set(i, self.load_map(layer, i, e, store.device, store.dtype))
         return store
 
-    def finished_maps(self, layer: int, device, dtype) -> "CheckpointMaps":
+    def finished_maps(self, layer: int, device, dtype) -> CheckpointMaps:
         """The last maps of finished ``layer``, read from the checkpoint's files (the inputs of
         the layer above when training resumes there)."""
         return CheckpointMaps(self, layer, self.run.maps[layer], device, dtype)
 
-    def hook(self, layer: int) -> "CheckpointHook":
+    def hook(self, layer: int) -> CheckpointHook:
         """The training hook that keeps this checkpoint current while ``layer`` trains."""
         return CheckpointHook(self, layer)
 
@@ -326,7 +346,7 @@ class Checkpoint:
         maps stay while the next layer needs them, the maps of the layer below go."""
         self.run.finished.append(FinishedLayer(list(fit.history), float(fit.seconds),
                                                [float(v) for v in fit.map_activity],
-                                               (float(chain_affine[0]), float(chain_affine[1]))))
+                                               (float(chain_affine[0]), float(chain_affine[1])), fit.lam))
         self.filters[layer] = fit.filters
         self.run.layer = self.run.current = None
         self.run.maps.pop(layer - 1, None)  # layer-1's maps were this layer's inputs

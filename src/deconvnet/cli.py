@@ -118,8 +118,9 @@ def _config(args):
 
 
 def train_run(images_dir, out, cfg, *, device="cpu", progress=True, report=True, preset_name=None,
-              command=None, say=print, checkpoint_every: float = 120.0):
-    """Train ``cfg`` on the usable images of ``images_dir`` and fill the run folder ``out``.
+              command=None, say=print, checkpoint_every: float = 120.0, holdout_dir=None):
+    """Train ``cfg`` on the usable images of ``images_dir`` and fill the run folder ``out``;
+    the images of ``holdout_dir`` (not trained on) are scored at every epoch end.
 
     ``config.json`` and ``run.json`` (the image list) are written before training starts and
     the resumable state goes to ``out/checkpoint`` (see :mod:`deconvnet.checkpoint`), so an
@@ -135,6 +136,7 @@ def train_run(images_dir, out, cfg, *, device="cpu", progress=True, report=True,
     if (out / "model.json").exists():
         raise UserError(f"{out} already holds a trained model; choose another --out (or delete it)")
     images = _read_training_images(folder, cfg, say)
+    holdout = None if holdout_dir is None else _read_training_images(Path(holdout_dir), cfg, say)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -143,11 +145,13 @@ def train_run(images_dir, out, cfg, *, device="cpu", progress=True, report=True,
             "files": [str(p.resolve()) for p in images.paths],
             "skipped": [[str(skip.path), skip.reason] for skip in images.skipped],
             "device": str(device), "preset": preset_name, "command": command, "versions": software_versions()}
+    if holdout is not None:
+        info["holdout_files"] = [str(p.resolve()) for p in holdout.paths]
     atomic_write_text(out / "config.json", cfg.to_json() + "\n")
     atomic_write_text(out / "run.json", json.dumps(info, indent=2))
     say(f"training {len(cfg.layers)} layer(s) on {len(images)} image(s) from {folder} on {device}")
     return _train(out, cfg, images, info, device=device, progress=progress, report=report, say=say,
-                  checkpoint_every=checkpoint_every)
+                  checkpoint_every=checkpoint_every, holdout=holdout)
 
 
 def resume_run(out, *, device=None, progress=True, report=True, say=print, checkpoint_every: float = 120.0):
@@ -159,10 +163,14 @@ def resume_run(out, *, device=None, progress=True, report=True, say=print, check
     out = Path(out)
     if not out.is_dir():
         raise UserError(f"--resume {out}: no such run folder")
+    from ._files import remove_stale_temporaries  # noqa: PLC0415
+
+    remove_stale_temporaries(out)  # a kill -9 in the middle of an atomic write
     try:
         cfg = NetConfig.from_dict(json.loads((out / "config.json").read_text()))
         info = json.loads((out / "run.json").read_text())
         files = [Path(f) for f in info["files"]]
+        held_files = [Path(f) for f in info["holdout_files"]] if "holdout_files" in info else None
         complete = info.get("status") == "complete" and (out / "model.json").exists()
     except FileNotFoundError as err:
         raise UserError(f"--resume {out}: {Path(err.filename).name} is missing; this is not a run folder "
@@ -187,13 +195,20 @@ def resume_run(out, *, device=None, progress=True, report=True, say=print, check
         raise UserError(f"--resume {out}: training image {err.path} cannot be read any more ({err.reason})") from None
     except ValueError as err:
         raise UserError(f"--resume {out}: {err}") from None
+    holdout = None
+    if held_files is not None:
+        try:
+            holdout = read_images(held_files, cfg.color, cfg.max_side)
+        except ImageReadError as err:
+            raise UserError(f"--resume {out}: held-out image {err.path} cannot be read any more ({err.reason})") \
+                from None
     device = device or info.get("device", "cpu")
     say(f"resuming {out}: {len(cfg.layers)} layer(s) on {len(images)} image(s) on {device}")
     return _train(out, cfg, images, info, device=device, progress=progress, report=report, say=say,
-                  checkpoint_every=checkpoint_every)
+                  checkpoint_every=checkpoint_every, holdout=holdout)
 
 
-def _train(out: Path, cfg, images, info, *, device, progress, report, say, checkpoint_every):
+def _train(out: Path, cfg, images, info, *, device, progress, report, say, checkpoint_every, holdout=None):
     from ._files import atomic_write_text  # noqa: PLC0415
     from .checkpoint import Checkpoint, CheckpointError  # noqa: PLC0415
     from .network import DeconvNet  # noqa: PLC0415
@@ -201,7 +216,7 @@ def _train(out: Path, cfg, images, info, *, device, progress, report, say, check
     net = DeconvNet(cfg, device=device, progress=progress)
     t0 = time.perf_counter()
     try:
-        net.fit(images, checkpoint=out / "checkpoint", checkpoint_every=checkpoint_every)
+        net.fit(images, checkpoint=out / "checkpoint", checkpoint_every=checkpoint_every, holdout=holdout)
     except CheckpointError as err:
         raise UserError(str(err)) from None
     except KeyboardInterrupt:
@@ -229,9 +244,9 @@ def cmd_train(args) -> int:
     if args.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every {args.checkpoint_every}: must be a number of seconds >= 0")
     if args.resume:
-        if args.images or args.config or args.set or args.out:
+        if args.images or args.config or args.set or args.out or args.holdout:
             raise UserError("--resume RUN_DIR takes the images and settings from RUN_DIR; give no IMAGES_DIR, "
-                            "--config, --set or --out with it")
+                            "--config, --set, --out or --holdout with it")
         resume_run(args.resume, device=_device(args.device) if args.device else None, progress=not args.quiet,
                    report=not args.no_report, checkpoint_every=args.checkpoint_every)
         return 0
@@ -241,7 +256,8 @@ def cmd_train(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.images).resolve().name}-{args.preset}"
     train_run(args.images, out, cfg, device=_device(args.device or "cpu"), progress=not args.quiet,
               report=not args.no_report, preset_name=None if args.config else args.preset,
-              command=" ".join(["deconvnet", *sys.argv[1:]]), checkpoint_every=args.checkpoint_every)
+              command=" ".join(["deconvnet", *sys.argv[1:]]), checkpoint_every=args.checkpoint_every,
+              holdout_dir=args.holdout)
     return 0
 
 
@@ -396,6 +412,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (shortcut for --set seed=N)")
     p.add_argument("--color", choices=["gray", "rgb"], help="shortcut for --set color=...")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/IMAGES_DIR-PRESET)")
+    p.add_argument("--holdout", metavar="DIR", help="images not trained on, scored at every epoch end "
+                   "(history.json: heldout_snr_db)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=None,

@@ -39,7 +39,7 @@ from typing import Any
 from .connectivity import CONNECTIVITIES, n_maps_for
 
 __all__ = ["ConfigError", "LayerConfig", "NetConfig", "PRESETS", "preset", "apply_overrides", "load_config",
-           "METHODS", "FILTER_METHODS", "BOUNDARIES", "COLORS", "SCALINGS", "DTYPES", "PREPROCESSING",
+           "METHODS", "FILTER_METHODS", "FILTER_EVERY", "BOUNDARIES", "COLORS", "SCALINGS", "DTYPES", "PREPROCESSING",
            "method_allowed"]
 
 # The allowed values of every setting, declared here only; the implementations import them.
@@ -47,6 +47,8 @@ __all__ = ["ConfigError", "LayerConfig", "NetConfig", "PRESETS", "preset", "appl
 METHODS = ("continuation", "fista", "admm")
 #: filter updates, :mod:`deconvnet.filters`.
 FILTER_METHODS = ("cg", "gradient", "fista", "exact")
+#: when the filters are updated, :func:`deconvnet.train.train_layer`.
+FILTER_EVERY = ("batch", "epoch")
 #: boundaries of the synthesis, :mod:`deconvnet.ops`.
 BOUNDARIES = ("valid", "circular")
 #: channels of layer 1's input, :mod:`deconvnet.images`.
@@ -108,9 +110,18 @@ class LayerConfig:
 
     Fields: ``n_maps`` (K), ``filter_size`` (s), ``connectivity`` (see
     :mod:`deconvnet.connectivity`), ``lam`` and ``p`` (the cost), ``method`` (inference:
-    continuation / fista / admm), ``n_epochs``, ``batch_size`` (images per filter update;
-    1 = the toolbox), ``filter_method`` / ``filter_iters`` (filter update), ``max_iter`` /
-    ``tol`` (fista, admm), ``beta0`` / ``beta_inc`` / ``n_beta`` / ``n_cg`` (continuation).
+    continuation / fista / admm), ``n_epochs``, ``batch_size`` (images per inference
+    batch and, with ``filter_every="batch"``, per filter update; 1 = the toolbox),
+    ``filter_method`` / ``filter_iters`` (filter update), ``max_iter`` / ``tol`` (fista,
+    admm), ``beta0`` / ``beta_inc`` / ``n_beta`` / ``n_cg`` (continuation).
+
+    ``density``: ``None`` (``lam`` is used as given, the paper) or a target fraction of
+    non-zero map entries in ``(0, 1)``: training then calibrates ``lam`` to it before the first
+    epoch and corrects it after every epoch (:mod:`deconvnet.sparsity`), and the model stores
+    the ``lam`` it ended with, which inference uses. ``filter_every``: ``"batch"`` (update the
+    filters after every batch) or ``"epoch"`` (accumulate the normal equations of every
+    batch of the epoch and solve them once at its end: the exact alternating minimisation;
+    needs ``filter_method="exact"``).
     """
 
     n_maps: int
@@ -129,6 +140,8 @@ class LayerConfig:
     beta_inc: float = 10.0
     n_beta: int = 6
     n_cg: int = 2
+    density: float | None = None
+    filter_every: str = "batch"
 
     def __post_init__(self):
         for name in ("lam", "p", "tol", "beta0", "beta_inc"):  # JSON may write 1 for 1.0
@@ -160,6 +173,16 @@ class LayerConfig:
             _fail(w + "beta_inc", self.beta_inc, "a number > 1")
         _int(w + "n_beta", self.n_beta)
         _int(w + "n_cg", self.n_cg)
+        if self.density is not None:
+            if not (_is_finite(self.density) and 0 < self.density < 1):
+                _fail(w + "density", self.density, "a fraction in (0, 1), or none")
+            if self.p != 1.0:
+                _fail(w + "density", self.density, "only with p=1 (for p < 1, z = 0 is always a local "
+                      "minimiser and the non-zero fraction need not grow with lam); use lam, or p=1")
+        _choice(w + "filter_every", self.filter_every, FILTER_EVERY)
+        if self.filter_every == "epoch" and self.filter_method != "exact":
+            _fail(w + "filter_every", self.filter_every, f"'epoch' needs filter_method='exact' (the only update "
+                  f"whose statistics add over batches), not {self.filter_method!r}")
 
 
 @dataclass(frozen=True)
@@ -351,8 +374,13 @@ def _parse(name: str, text: str, current):
         if low in ("false", "0", "no", "off"):
             return False
         _fail(name, text, "true or false")
-    if name.endswith("max_side") and low in ("none", "null", ""):
+    if name.endswith(("max_side", "density")) and low in ("none", "null", ""):
         return None
+    if name.endswith("density"):
+        try:
+            return float(low)
+        except ValueError:
+            _fail(name, text, "a number, or none")
     if isinstance(current, int) or name.endswith("max_side"):
         try:
             return int(low)

@@ -16,14 +16,18 @@ whose gradient is ``lam * G(z, D_z f - y)`` with ``G`` the correlation of
     search along ``-grad Q``, halved until the projected point lowers ``Q``), then every
     connected plane rescaled to unit norm.
 ``"exact"``
-    the least-squares minimiser for the current maps, then every connected plane rescaled
-    to unit norm (the paper's update with its CG run to the end). The normal equations are
+    the minimiser of the data term for the current maps over planes in the unit balls
+    ``||f_kc|| <= 1``, then every connected plane rescaled to unit norm (the convex
+    relaxation of the paper's unit-norm constraint, solved to the end; where the
+    least-squares minimiser is in the balls it is that minimiser). The normal equations are
     block-diagonal over input channels: the unknowns of channel ``c`` are the planes
     ``f_kc`` of its ``d_c`` connected maps, and their ``d_c s^2 x d_c s^2`` Gram matrix
     :math:`A_c^T A_c` and right-hand side :math:`A_c^T y_c` are accumulated exactly from the
     non-zeros of the maps (:func:`normal_equations`; layer 3 of the paper: 45 systems of
-    about 330 unknowns). Planes of maps that are all zero keep their previous value.
-    ``n_iter`` is not used.
+    about 330 unknowns), and the small constrained problems are solved from them
+    (:meth:`NormalEquations.solve`). Planes of maps that are all zero keep their previous
+    value. ``n_iter`` is not used. The equations of several batches add, so one update can
+    use a whole epoch's maps (``filter_every="epoch"``, :func:`filters_from_equations`).
 ``"fista"``
     ``n_iter`` steps of FISTA (Beck & Teboulle 2009) on the same convex set: the dictionary
     update of the fastest serial CDL of Garcia-Cardona & Wohlberg (IEEE TCI 2018), here in
@@ -53,7 +57,7 @@ from .config import FILTER_METHODS, LayerConfig
 from .ops import ConvOperator, MapOperator, as_connectivity
 
 __all__ = ["update_filters", "learn_filters", "FilterOptions", "normalize_planes", "init_filters",
-           "normal_equations", "NormalEquations"]
+           "normal_equations", "NormalEquations", "filters_from_equations"]
 
 _MAX_HALVINGS = 12
 
@@ -188,21 +192,72 @@ class NormalEquations:
         return NormalEquations(self.maps, [a + b for a, b in zip(self.gram, other.gram)],
                                [a + b for a, b in zip(self.rhs, other.rhs)], self.shape)
 
-    def solve(self, f_prev: torch.Tensor) -> torch.Tensor:
-        r"""The minimiser ``(K, C, s, s)`` (not normalised) closest to ``f_prev``: per channel
-        :math:`x = x_{prev} + \delta` with :math:`\delta` the minimum-norm least-squares
-        solution of :math:`G \delta = r - G x_{prev}` (``torch.linalg.lstsq``, ``gelsd``, in
-        float64). Where the maps do not determine the filters (all-zero maps, or too few
-        non-zeros in a small batch), they keep ``f_prev``."""
+    def solve(self, f_prev: torch.Tensor, *, tol: float = 1e-9, max_iter: int = 2000) -> torch.Tensor:
+        r"""The minimiser ``(K, C, s, s)`` of the data term over planes in the unit balls
+        :math:`\|f_{kc}\| \le 1`: per channel, :math:`\min_x \tfrac12 x^T G x - r^T x` with every
+        ``s x s`` block of ``x`` in its ball, by projected FISTA with step ``1/L``
+        (:math:`L = \lambda_{max}(G)`, ``torch.linalg.eigvalsh``) and adaptive restart, from
+        ``f_prev``, all channels at once (padded to the largest system) in float64, until the
+        largest relative change of an iterate is below ``tol`` (tested every 10 steps) or
+        ``max_iter`` steps. Where the unconstrained least-squares minimiser lies in the balls
+        (e.g. planted unit-norm filters) it is that minimiser. Planes of maps that are all
+        zero have zero rows in ``G`` and ``r``: they keep ``f_prev``."""
         _, C, s = self.shape
+        G, r, x0, P = self._padded(f_prev)
+        L = torch.linalg.eigvalsh(G)[:, -1].clamp_min(0.0)  # (C,)
+        live = L > 0
+        step = torch.where(live, 1.0 / L.clamp_min(torch.finfo(G.dtype).tiny), torch.zeros_like(L))[:, None]
+        tiny = torch.finfo(G.dtype).tiny
+
+        def project(v):
+            b = v.view(C, P, s * s)
+            return (b / b.norm(dim=2, keepdim=True).clamp_min(1.0)).view(C, -1)
+
+        x, yv, t = x0, x0, torch.ones(C, 1, dtype=G.dtype)
+        for it in range(1, max_iter + 1):
+            grad = torch.bmm(G, yv[:, :, None])[:, :, 0] - r
+            x_new = project(yv - step * grad)
+            t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
+            # adaptive restart (gradient test) per channel: momentum only while it points downhill
+            restart = ((yv - x_new) * (x_new - x)).sum(1, keepdim=True) > 0
+            m = torch.where(restart, torch.zeros_like(t), (t - 1.0) / t_new)
+            t = torch.where(restart, torch.ones_like(t), t_new)
+            yv = x_new + m * (x_new - x)
+            change = (x_new - x).norm(dim=1) / x_new.norm(dim=1).clamp_min(tiny)
+            x = x_new
+            if it % 10 == 0 and float(change.max()) < tol:
+                break
+        return self._unpad(x, f_prev)
+
+    def value(self, f: torch.Tensor) -> float:
+        r""":math:`\sum_c \tfrac12 x_c^T G_c x_c - r_c^T x_c` at filters ``f``: the data term
+        :math:`\tfrac12\|D_z f - y\|^2` of these equations minus the constant
+        :math:`\tfrac12\|y\|^2`, so differences of it are differences of the data term."""
+        G, r, x, _ = self._padded(f)
+        return float((0.5 * (torch.bmm(G, x[:, :, None])[:, :, 0] * x).sum(1) - (r * x).sum(1)).sum())
+
+    def _padded(self, f: torch.Tensor):
+        """``G`` ``(C, N, N)``, ``r`` ``(C, N)`` and ``f``'s planes ``x`` ``(C, N)`` in float64
+        on the CPU, zero-padded to ``N = P s^2`` (``P``: the most maps of a channel)."""
+        _, C, s = self.shape
+        P = max([len(ks) for ks in self.maps] + [1])
+        N = P * s * s
+        G = torch.zeros(C, N, N, dtype=torch.float64)
+        r = torch.zeros(C, N, dtype=torch.float64)
+        x = torch.zeros(C, N, dtype=torch.float64)
+        for c, ks in enumerate(self.maps):
+            n = len(ks) * s * s
+            G[c, :n, :n] = self.gram[c].double().cpu()
+            r[c, :n] = self.rhs[c].double().cpu()
+            x[c, :n] = f[ks, c].reshape(-1).double().cpu()
+        return G, r, x, P
+
+    def _unpad(self, x: torch.Tensor, f_prev: torch.Tensor) -> torch.Tensor:
+        _, _, s = self.shape
         out = f_prev.clone()
-        for c in range(C):
-            ks, G, r = self.maps[c], self.gram[c].double().cpu(), self.rhs[c].double().cpu()
-            if ks.numel() == 0 or not bool((G.diagonal() > 0).any()):
-                continue
-            x0 = f_prev[ks, c].reshape(-1).double().cpu()
-            delta = torch.linalg.lstsq(G, (r - G @ x0)[:, None], driver="gelsd").solution[:, 0]
-            out[ks, c] = (x0 + delta).to(out).view(len(ks), s, s)
+        for c, ks in enumerate(self.maps):
+            n = len(ks) * s * s
+            out[ks, c] = x[c, :n].to(out).view(len(ks), s, s)
         return out
 
 
@@ -256,6 +311,24 @@ def normal_equations(y: torch.Tensor, z: torch.Tensor, op: ConvOperator,
         grams.append(reduce(G))
         rhss.append(reduce(r))
     return NormalEquations(maps, grams, rhss, (K, C, s))
+
+
+def filters_from_equations(eq: NormalEquations, f: torch.Tensor, g=None) -> torch.Tensor:
+    """The ``"exact"`` update from accumulated equations ``eq`` (e.g. a whole epoch's):
+    :meth:`NormalEquations.solve` from the normalised ``f``, planes renormalised, and the
+    step shortened along the sphere (as :func:`learn_filters` does) until the data term,
+    evaluated from the equations (:meth:`NormalEquations.value`), is not above its value at
+    the normalised ``f``. Returns ``(K, C, s, s)``."""
+    f0 = normalize_planes(f, g)
+    q0 = eq.value(f0)
+    f_new = normalize_planes(eq.solve(f0), g)
+    t, cand = 1.0, f_new
+    for _ in range(_MAX_HALVINGS):
+        if eq.value(cand) <= q0 + 1e-12 * abs(q0):
+            return cand
+        t *= 0.5
+        cand = normalize_planes(f0 + t * (f_new - f0), g)
+    return f0
 
 
 def _cg(A: _Reduced, f0, R0, lam, n_iter):

@@ -61,6 +61,11 @@ class DeconvLayer(TransformerMixin, BaseEstimator):
         filter_method, filter_iters: filter update (``"cg"`` as the paper, ``"gradient"``,
             ``"fista"`` or ``"exact"``) and its iterations per update.
         max_iter, tol, beta0, beta_inc, n_beta, n_cg: passed to :func:`~deconvnet.sparse_code`.
+        density: ``None`` (use ``lam``) or a target fraction of non-zero map entries: ``lam``
+            is calibrated to it while training (``p = 1`` only; see
+            :class:`~deconvnet.config.LayerConfig`), and ``lam_`` holds the result.
+        filter_every: ``"batch"`` or ``"epoch"`` (one exact update per epoch from the summed
+            normal equations; ``filter_method="exact"``).
         seed: seeds the filter initialisation and the image order.
         device, dtype: where and in which precision to compute.
         progress: show a progress bar during ``fit``.
@@ -79,6 +84,8 @@ class DeconvLayer(TransformerMixin, BaseEstimator):
         map_activity_: ``(K,)`` fraction of non-zero entries of each map in ``maps_``; a map
             that is never active receives no filter update and keeps its initial filters.
         seconds_: training wall time.
+        lam_: the data-term weight inference uses: ``lam``, or the one training calibrated
+            to ``density`` (its last epoch's).
         spec_: the checked settings (:class:`~deconvnet.train.LayerSpec`) the layer was fitted
             with; ``transform`` uses them.
     """
@@ -87,7 +94,8 @@ class DeconvLayer(TransformerMixin, BaseEstimator):
                  connectivity=None, method: str = "fista", boundary: str = "valid", n_epochs: int = 5,
                  batch_size: int = 1, filter_method: str = "cg", filter_iters: int = 2,
                  max_iter: int | None = None, tol: float | None = None, beta0: float = 1.0,
-                 beta_inc: float = 10.0, n_beta: int = 6, n_cg: int = 2, seed: int = 0,
+                 beta_inc: float = 10.0, n_beta: int = 6, n_cg: int = 2, density: float | None = None,
+                 filter_every: str = "batch", seed: int = 0,
                  device="cpu", dtype=torch.float32, progress: bool = False,
                  map_memory_limit: float = DEFAULT_MEMORY_LIMIT):
         self.in_channels, self.n_maps, self.filter_size = in_channels, n_maps, filter_size
@@ -96,6 +104,7 @@ class DeconvLayer(TransformerMixin, BaseEstimator):
             filter_iters
         self.max_iter, self.tol, self.beta0, self.beta_inc, self.n_beta, self.n_cg = max_iter, tol, beta0, beta_inc, \
             n_beta, n_cg
+        self.density, self.filter_every = density, filter_every
         self.seed, self.device, self.dtype, self.progress = seed, device, dtype, progress
         self.map_memory_limit = map_memory_limit
 
@@ -141,7 +150,9 @@ class DeconvLayer(TransformerMixin, BaseEstimator):
         return layer
 
     def _adopt(self, spec: LayerSpec, fit: LayerFit) -> None:
+        spec = spec.with_lam(fit.lam)  # a calibrated lam (config.density) is what inference uses
         self.spec_ = spec
+        self.lam_ = spec.config.lam
         self.filters_ = fit.filters.to(device=spec.device, dtype=spec.dtype)
         self.connectivity_ = (torch.ones(spec.n_maps, spec.in_channels, dtype=torch.bool, device=spec.device)
                               if spec.g is None else spec.g)

@@ -232,17 +232,20 @@ def _is_finite(value) -> bool:
 
 
 def _history(records, layer: int) -> list[EpochRecord]:
-    """A stored training history: a list of objects with exactly the :class:`EpochRecord`
-    fields, all finite numbers (``epoch`` an integer)."""
+    """A stored training history: a list of objects with the :class:`EpochRecord` fields, all
+    finite numbers (``epoch`` an integer); the fields with a default (the diagnostics) may be
+    missing (files written before they were recorded) or ``null``."""
     names = [f.name for f in dataclasses.fields(EpochRecord)]
+    required = [f.name for f in dataclasses.fields(EpochRecord) if f.default is dataclasses.MISSING]
     if not isinstance(records, list):
         raise ValueError(f"layer{layer}.history must be a list of epochs, got {type(records).__name__}")
     out = []
     for r in records:
-        if not (isinstance(r, dict) and sorted(r) == sorted(names)
-                and all(_is_finite(r[k]) for k in names) and isinstance(r["epoch"], int)):
+        if not (isinstance(r, dict) and set(required) <= set(r) <= set(names)
+                and all(_is_finite(r[k]) for k in required) and isinstance(r["epoch"], int)
+                and all(r[k] is None or _is_finite(r[k]) for k in r)):
             raise ValueError(f"layer{layer}.history has an entry that is not an epoch record ({', '.join(names)})")
-        out.append(EpochRecord(**{k: r[k] for k in names}))
+        out.append(EpochRecord(**r))
     return out
 
 

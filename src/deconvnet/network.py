@@ -30,6 +30,7 @@ Pixel-space views (Sec. 6 of paper-notes; toolbox ``Top_Down/``):
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +45,11 @@ from .images import ImageSet, read_images
 from .layer import DeconvLayer
 from .mapstore import DEFAULT_MEMORY_LIMIT, AffineMaps, MapStore
 from .model_io import ModelFileError, load_model, save_model
-from .ops import as_connectivity, synthesize
+from .ops import ConvOperator, as_connectivity, synthesize
 from .preprocess import preprocess, rescale_affine
 from .runtime import configure
-from .train import DivergenceError, LayerFit, LayerSpec, Progress, train_layer
+from .solvers import solve
+from .train import DivergenceError, LayerFit, LayerSpec, Progress, TrainState, train_layer
 
 __all__ = ["DeconvNet", "snr_db"]
 
@@ -136,10 +138,12 @@ class DeconvNet:
         return out
 
     def adopt(self, specs: list[LayerSpec], fits: list[LayerFit], input_affine, chain_affines,
-              connectivity_seeds=None) -> "DeconvNet":
+              connectivity_seeds=None) -> DeconvNet:
         """Become the trained network of these layers: the one place where a network gets its
         learned state, whether :meth:`fit` trained it, resumed it or :meth:`load` read it."""
         self.input_affine_ = (float(input_affine[0]), float(input_affine[1]))
+        specs = [spec.with_lam(fit.lam) for spec, fit in zip(specs, fits)]  # calibrated lam (density)
+        self.config = replace(self.config, layers=tuple(spec.config for spec in specs))
         self.layers_ = [DeconvLayer.from_spec(spec, fit, progress=self.progress,
                                               map_memory_limit=self.map_memory_limit)
                         for spec, fit in zip(specs, fits)]
@@ -179,8 +183,18 @@ class DeconvNet:
         return [torch.as_tensor(x * a + b, dtype=self.dtype, device=self.device)[None] for x in out]
 
     # ------------------------------------------------------------- training
-    def fit(self, images, *, checkpoint=None, checkpoint_every: float = 120.0) -> "DeconvNet":
+    def fit(self, images, *, checkpoint=None, checkpoint_every: float = 120.0, holdout=None) -> DeconvNet:
         """Train every layer in turn on ``images`` (see :meth:`prepare` for what is accepted).
+
+        Every epoch's record (``history_``) says whether the layer learns: besides the
+        objective, its ``lam``, active maps, non-zero fraction, SNR of its own inputs, mean
+        ``|cos|`` to the initial filters and ``pixel_snr_db``, the SNR in layer 1's input space
+        of the training images rebuilt from that layer's maps alone (with the filters at the
+        epoch's end). ``holdout``: images not trained on (what :meth:`prepare` takes); their
+        maps are inferred at every epoch end with the current filters (warm-started from the
+        previous epoch's) and their SNR is ``heldout_snr_db``. After a resume, the held-out maps
+        of finished layers are inferred afresh (from zero), so that column can differ in the
+        last digits from an uninterrupted run; the filters do not.
 
         ``checkpoint``: a folder for the resumable training state (see
         :mod:`deconvnet.checkpoint`), written at every epoch end, every ``checkpoint_every``
@@ -199,25 +213,31 @@ class DeconvNet:
         if checkpoint is not None:
             ck = Checkpoint(checkpoint, checkpoint_every)
             ck.open(fingerprint(self.config.to_json(), Y))  # Y has the fitted input affine applied
+        held = None
+        if holdout is not None:
+            Yh = self.prepare(holdout)
+            held = (Yh, Yh)  # (inputs of the layer being trained, layer-1 inputs)
         specs, fits, chains = self.specs(), [], []
         inputs, shapes = Y, [tuple(y.shape) for y in Y]
         for layer, spec in enumerate(specs, start=1):
-            fit, chain, inputs = self._fit_layer(layer, spec, inputs, shapes, ck, data.names)
+            below = _Below(specs[:layer - 1], [f.filters for f in fits], chains, Y, held)
+            fit, chain, inputs = self._fit_layer(layer, spec, inputs, shapes, ck, data.names, below)
             fits.append(fit)
             if layer < self.n_layers:
                 chains.append(chain)
+                held = below.next_inputs(spec.with_lam(fit.lam), fit.filters, chain)
             s = spec.filter_size
             shapes = [(1, spec.n_maps, *map_size(h, w, s, spec.boundary)) for (_, _, h, w) in shapes]
         return self.adopt(specs, fits, self.input_affine_, chains)
 
-    def _fit_layer(self, layer: int, spec: LayerSpec, inputs, shapes, ck, names):
+    def _fit_layer(self, layer: int, spec: LayerSpec, inputs, shapes, ck, names, below: _Below):
         """Train ``layer`` (1-based), or take it from the checkpoint when an earlier session
         finished it; returns what it learned, its chaining affine and the next layer's inputs."""
         last = layer == self.n_layers
         if ck is not None and layer <= len(ck.run.finished):  # done in an earlier session
             rec = ck.run.finished[layer - 1]
             fit = LayerFit(ck.filters[layer].to(device=self.device, dtype=self.dtype), rec.history, None,
-                           np.asarray(rec.map_activity, dtype=np.float64), rec.seconds)
+                           np.asarray(rec.map_activity, dtype=np.float64), rec.seconds, rec.lam)
             below = None  # the layer above trains on these maps only if it is not finished too
             if not last and layer == len(ck.run.finished):
                 below = AffineMaps(ck.finished_maps(layer, self.device, self.dtype), *rec.chain_affine)
@@ -231,7 +251,7 @@ class DeconvNet:
             if state is not None:
                 state.filters = state.filters.to(device=self.device, dtype=self.dtype)
         try:
-            fit = train_layer(inputs, shapes, spec, maps, state=state, hooks=hooks)
+            fit = train_layer(inputs, shapes, spec, maps, state=state, hooks=hooks, evaluate=below.evaluator(spec))
         except DivergenceError as err:
             which = ", ".join(names[j] for j in err.images)
             raise DivergenceError(err.images, err.epoch, f"layer {layer}: {which}: {err.what}") from None
@@ -332,7 +352,7 @@ class DeconvNet:
         return save_model(self, path)
 
     @classmethod
-    def load(cls, path, *, device="cpu") -> "DeconvNet":
+    def load(cls, path, *, device="cpu") -> DeconvNet:
         """Read a model written by :meth:`save`; never unpickles. ``path``: run folder,
         ``.safetensors`` or ``.json`` file. Raises :class:`~deconvnet.ModelFileError`."""
         saved = load_model(path)
@@ -342,3 +362,64 @@ class DeconvNet:
         except ValueError as err:  # a table that leaves a map unconnected, ...
             raise ModelFileError(f"{path}: inconsistent model (ValueError: {err})") from None
         return net.adopt(specs, saved.fits, saved.input_affine, saved.chain_affines, saved.connectivity_seeds)
+
+
+class _Below:
+    """What the per-epoch diagnostics of layer ``L = len(specs) + 1`` need: the trained layers
+    below it (``specs``, ``filters``, the chaining ``chains``), the training images' layer-1
+    inputs ``Y`` and the held-out images' inputs of layer ``L`` (``held``, or ``None``)."""
+
+    def __init__(self, specs, filters, chains, Y, held):
+        self.specs, self.filters, self.chains, self.Y, self.held = specs, filters, chains, Y, held
+        self.held_maps: list | None = None  # held-out maps of layer L at the last evaluation
+
+    def down(self, z: torch.Tensor, op: ConvOperator) -> torch.Tensor:
+        """Maps ``(B, K, H', W')`` of layer L synthesised by ``op`` and down to layer 1's input."""
+        x = op.forward(z)
+        for i in range(len(self.specs) - 1, -1, -1):
+            a, b = self.chains[i]
+            x = self.specs[i].operator(self.filters[i]).forward((x - b) / a)
+        return x
+
+    def evaluator(self, spec: LayerSpec):
+        """``evaluate(state, maps)`` for :func:`~deconvnet.train.train_layer`: ``pixel_snr_db``
+        and, with held-out images, ``heldout_snr_db``."""
+
+        def evaluate(state: TrainState, maps) -> dict:
+            op = spec.operator(state.filters)
+            out = {"pixel_snr_db": self._snr((self.down(maps.get(i), op), y) for i, y in enumerate(self.Y))}
+            if self.held is not None:
+                solver = replace(spec.solver, lam=state.lam)
+                warm = self.held_maps or [None] * len(self.held[0])
+                self.held_maps = [solve(op, y, solver, z0).z for y, z0 in zip(self.held[0], warm)]
+                out["heldout_snr_db"] = self._snr((self.down(z, op), y1) for z, y1 in zip(self.held_maps,
+                                                                                         self.held[1]))
+            return out
+
+        return evaluate
+
+    def next_inputs(self, spec: LayerSpec, f: torch.Tensor, chain):
+        """The held-out inputs of layer L + 1 (maps of layer L, chained) and their layer-1 inputs."""
+        if self.held is None:
+            return None
+        maps = self.held_maps
+        if maps is None:  # layer L was finished in an earlier session: infer afresh
+            op = spec.operator(f)
+            maps = [solve(op, y, spec.solver).z for y in self.held[0]]
+        a, b = chain
+        return [z * a + b for z in maps], self.held[1]
+
+    @staticmethod
+    def _snr(pairs) -> float:
+        sig = err = 0.0
+        for x, y in pairs:
+            sig += float(y.double().pow(2).sum())
+            err += float((x.double() - y.double()).pow(2).sum())
+        return snr_db_from(sig, err)
+
+
+def snr_db_from(signal: float, error: float) -> float:
+    r""":math:`10\log_{10}(signal / error)`, ``inf`` for no error, ``-inf`` for no signal."""
+    if error <= 0:
+        return float("inf")
+    return 10.0 * float(np.log10(signal / error)) if signal > 0 else float("-inf")

@@ -48,19 +48,30 @@ def save_filter_grid(f, path, zoom: int = 8, ncols: int | None = None) -> Path:
 
 
 def history_png(history: list[list]) -> bytes:
-    """Objective and non-zero fraction per epoch, one line per layer (``history[l]`` is a list
-    of :class:`~deconvnet.EpochRecord`)."""
+    """Per epoch, one line per layer (``history[l]`` is a list of
+    :class:`~deconvnet.EpochRecord`): the objective, the non-zero fraction, and, where
+    recorded, the SNR of the images rebuilt from the layer alone and the mean |cos| of its
+    filters to their initialisation."""
     plt = _pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
+    learned = any(r.pixel_snr_db is not None or r.cos_init is not None for records in history for r in records)
+    fig, axes = plt.subplots(1, 4 if learned else 2, figsize=(16 if learned else 9, 3.2), dpi=100)
     for i, records in enumerate(history, start=1):
         if not records:
             continue
         epochs = [r.epoch for r in records]
-        ax1.plot(epochs, [r.objective for r in records], marker="o", label=f"layer {i}")
-        ax2.plot(epochs, [r.nonzero_fraction for r in records], marker="o", label=f"layer {i}")
-    ax1.set(xlabel="epoch", ylabel="objective (sum over images)", yscale="log", title="objective")
-    ax2.set(xlabel="epoch", ylabel="fraction of non-zero map entries", title="sparsity")
-    for ax in (ax1, ax2):
+        axes[0].plot(epochs, [r.objective for r in records], marker="o", label=f"layer {i}")
+        axes[1].plot(epochs, [r.nonzero_fraction for r in records], marker="o", label=f"layer {i}")
+        if learned:
+            for ax, name in ((axes[2], "pixel_snr_db"), (axes[3], "cos_init")):
+                pts = [(r.epoch, getattr(r, name)) for r in records if getattr(r, name) is not None]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=f"layer {i}")
+    axes[0].set(xlabel="epoch", ylabel="objective (sum over images)", yscale="log", title="objective")
+    axes[1].set(xlabel="epoch", ylabel="fraction of non-zero map entries", title="sparsity")
+    if learned:
+        axes[2].set(xlabel="epoch", ylabel="dB", title="SNR from this layer alone (pixels)")
+        axes[3].set(xlabel="epoch", ylabel="mean |cos|", title="filters vs their random start", ylim=(0, 1.02))
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -19,22 +19,26 @@ statistics of several processes would be summed).
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from ._checks import map_size
 from .config import LayerConfig
-from .filters import FilterOptions, init_filters, learn_filters
+from .filters import FilterOptions, NormalEquations, filters_from_equations, init_filters, learn_filters, \
+    normal_equations
 from .ops import ConvOperator
 from .solvers import IterationRecord, SolverOptions, options_for, solve
+from .sparsity import lam_for_density
 
 __all__ = ["LayerSpec", "TrainState", "EpochSums", "EpochRecord", "LayerFit", "TrainHooks", "Progress",
-           "DivergenceError", "train_layer", "batches"]
+           "DivergenceError", "train_layer", "batches", "cos_to", "lam_step", "CALIBRATION_IMAGES",
+           "MAX_LAM_STEP", "DENSITY_SLOPE", "DENSITY_GAIN"]
 
 
 class DivergenceError(FloatingPointError):
@@ -49,7 +53,19 @@ class DivergenceError(FloatingPointError):
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """Totals over one epoch, from each batch's inference just before its filter update."""
+    r"""Totals over one epoch, from each batch's inference just before its filter update,
+    and what says whether the layer learns (``None`` where not measured, e.g. in files
+    written before these were recorded):
+
+    ``lam`` (the weight used in the epoch), ``active_maps`` (maps with a non-zero entry on
+    some image), ``snr_db`` (reconstruction SNR of the layer's own inputs from its maps,
+    :math:`10\log_{10}(\sum\|y\|^2 / \sum\|Dz - y\|^2)`), ``cos_init`` (mean over connected
+    planes of :math:`|\langle f_{kc}, f^{(0)}_{kc}\rangle|`, unit planes, after the epoch's
+    updates; 1 = still the initial filters, about :math:`\sqrt{2/(\pi s^2)}` for unrelated
+    random planes), ``pixel_snr_db`` (SNR in layer 1's input space of the images synthesised
+    from this layer's maps alone through the trained layers below) and ``heldout_snr_db``
+    (the same on held-out images, when training was given some).
+    """
 
     epoch: int
     objective: float
@@ -57,6 +73,12 @@ class EpochRecord:
     penalty: float
     nonzero_fraction: float
     seconds: float
+    lam: float | None = None
+    active_maps: int | None = None
+    snr_db: float | None = None
+    cos_init: float | None = None
+    pixel_snr_db: float | None = None
+    heldout_snr_db: float | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +119,12 @@ class LayerSpec:
     def batch_size(self) -> int:
         return self.config.batch_size
 
+    def with_lam(self, lam: float | None) -> LayerSpec:
+        """This spec with ``config.lam = lam`` (e.g. the calibrated weight); itself for ``None``."""
+        if lam is None or lam == self.config.lam:
+            return self
+        return replace(self, config=replace(self.config, lam=float(lam)))
+
     def operator(self, f: torch.Tensor) -> ConvOperator:
         """The synthesis operator of filters ``f`` with this layer's connectivity and boundary."""
         return ConvOperator(f, self.g, self.boundary)
@@ -110,25 +138,38 @@ class LayerSpec:
 
 @dataclass
 class EpochSums:
-    """Running totals of an epoch: the solver's final objective, data term and penalty of each
-    batch, and the non-zero and total counts of its maps."""
+    r"""Running totals of an epoch: the solver's final objective, data term and penalty of each
+    batch, the non-zero and total counts of its maps, the non-zeros of each map
+    (``map_nonzeros``, ``(K,)``), and :math:`\sum\|y\|^2` and :math:`\sum\|Dz - y\|^2`."""
 
     objective: float = 0.0
     data: float = 0.0
     penalty: float = 0.0
     nonzeros: int = 0
     entries: int = 0
+    map_nonzeros: list[int] | None = None
+    signal: float = 0.0
+    residual: float = 0.0
 
-    def add(self, last: IterationRecord, z: torch.Tensor) -> None:
+    def add(self, last: IterationRecord, z: torch.Tensor, y: torch.Tensor, lam: float) -> None:
         self.objective += last.objective
         self.data += last.data
         self.penalty += last.penalty
-        self.nonzeros += int((z != 0).sum())
+        per_map = (z != 0).sum(dim=(0, 2, 3)).tolist()
+        self.nonzeros += sum(per_map)
         self.entries += z.numel()
+        self.map_nonzeros = per_map if self.map_nonzeros is None else [a + b for a, b in
+                                                                       zip(self.map_nonzeros, per_map)]
+        self.signal += float(y.double().pow(2).sum())
+        self.residual += 2.0 * last.data / lam
 
-    def record(self, epoch: int, seconds: float) -> EpochRecord:
+    def record(self, epoch: int, seconds: float, lam: float, cos_init: float | None = None) -> EpochRecord:
+        active = None if self.map_nonzeros is None else sum(1 for v in self.map_nonzeros if v > 0)
+        snr = None
+        if self.signal > 0 and self.residual > 0:
+            snr = 10.0 * math.log10(self.signal / self.residual)
         return EpochRecord(epoch, self.objective, self.data, self.penalty, self.nonzeros / max(self.entries, 1),
-                           seconds)
+                           seconds, lam, active, snr, cos_init)
 
 
 @dataclass
@@ -138,7 +179,10 @@ class TrainState:
     ``epoch`` is the epoch in progress (1-based; ``n_epochs + 1`` when done),
     ``batches_done`` the batches of it already done in ``order`` (``None`` before the epoch
     has drawn its order), ``seconds`` / ``epoch_seconds`` the time spent on the layer and on
-    this epoch (kept current at every hook call).
+    this epoch (kept current at every hook call). ``lam``: the weight in use (``None`` until
+    the first epoch sets it: the config's, or calibrated to its ``density``);
+    ``equations``: the filter problem's normal equations summed over the epoch's batches so
+    far (``filter_every="epoch"``).
     """
 
     filters: torch.Tensor
@@ -150,9 +194,11 @@ class TrainState:
     history: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
     epoch_seconds: float = 0.0
+    lam: float | None = None
+    equations: NormalEquations | None = None
 
     @classmethod
-    def start(cls, spec: LayerSpec) -> "TrainState":
+    def start(cls, spec: LayerSpec) -> TrainState:
         """Random unit-norm filters and the image-order generator, both from ``spec.seed``."""
         f = init_filters(spec.n_maps, spec.in_channels, spec.filter_size, spec.g, seed=spec.seed,
                          dtype=spec.dtype, device=spec.device)
@@ -163,14 +209,16 @@ class TrainState:
 class LayerFit:
     """What training a layer learned: ``filters`` ``(K, C, s, s)``, the ``history``, the last
     epoch's ``maps`` (a sequence of ``(1, K, H', W')``; ``None`` once let go),
-    ``map_activity`` ``(K,)`` (fraction of non-zero entries of each map in them) and the
-    training ``seconds``."""
+    ``map_activity`` ``(K,)`` (fraction of non-zero entries of each map in them), the
+    training ``seconds`` and ``lam``, the weight of the last epoch (the calibrated one when
+    the layer has a ``density``; ``None``: the config's)."""
 
     filters: torch.Tensor
     history: list[EpochRecord]
     maps: Sequence | None
     map_activity: np.ndarray | None
     seconds: float | None
+    lam: float | None = None
 
 
 class TrainHooks:
@@ -244,18 +292,32 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 
 def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: LayerSpec, maps, *,
                 state: TrainState | None = None, hooks: Sequence[TrainHooks] = (),
-                reduce: Callable[[torch.Tensor], torch.Tensor] = _identity) -> LayerFit:
-    """Train one layer on checked ``inputs`` (``inputs[i]`` ``(1, C, H, W)`` on ``spec``'s
+                reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
+                evaluate: Callable[[TrainState, object], dict] | None = None) -> LayerFit:
+    r"""Train one layer on checked ``inputs`` (``inputs[i]`` ``(1, C, H, W)`` on ``spec``'s
     device and dtype, of shape ``shapes[i]``), from ``state`` (default: a fresh start).
 
     ``maps``: the warm-start store (``get(i)`` -> ``(1, K, H', W')`` or ``None``, ``set(i,
     z)``; a :class:`~deconvnet.mapstore.MapStore`), which ends holding the last epoch's maps.
+    ``evaluate(state, maps)``: called at every epoch end, after the filter update, with the
+    epoch's maps in ``maps``; returns further :class:`EpochRecord` fields (e.g.
+    ``pixel_snr_db``) for the epoch's record.
+
+    With ``density`` set, ``lam`` is calibrated before the first epoch on up to
+    :data:`CALIBRATION_IMAGES` images (:func:`~deconvnet.sparsity.lam_for_density`, the
+    initial filters) and corrected after every batch from the density of its maps
+    (:func:`lam_step`); an epoch's record holds the ``lam`` it ended with, and the layer
+    keeps the last one.
+
     Raises :class:`DivergenceError` when maps or filters become NaN or Inf.
     """
     state = state if state is not None else TrainState.start(spec)
+    f_init = init_filters(spec.n_maps, spec.in_channels, spec.filter_size, spec.g, seed=spec.seed,
+                          dtype=spec.dtype, device=spec.device)
     n = len(inputs)
     t_layer, t_epoch = time.perf_counter(), time.perf_counter()
     base, base_epoch = state.seconds, state.epoch_seconds
+    density = spec.config.density
 
     def stamp():
         now = time.perf_counter()
@@ -266,12 +328,16 @@ def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: L
             state.epoch = epoch
             if state.order is None:
                 state.order = torch.randperm(n, generator=state.rng).tolist()
-                state.batches_done, state.sums = 0, EpochSums()
+                state.batches_done, state.sums, state.equations = 0, EpochSums(), None
                 t_epoch, base_epoch = time.perf_counter(), 0.0
+            if state.lam is None:
+                state.lam = spec.config.lam if density is None else _calibrate(inputs, shapes, spec, state)
             todo = batches(state.order, shapes, spec.batch_size)
             done = sum(len(b) for b in todo[:state.batches_done])
             for idx in todo[state.batches_done:]:
                 z = _train_batch(inputs, idx, spec, maps, state, reduce)
+                if density is not None:
+                    state.lam = lam_step(state.lam, float((z != 0).sum()) / z.numel(), density)
                 for hook in hooks:
                     hook.maps_coded(state, idx, z)
                 for j, i in enumerate(idx):
@@ -281,8 +347,16 @@ def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: L
                 stamp()
                 for hook in hooks:
                     hook.batch_done(state, done, n)
+            if state.equations is not None:  # filter_every="epoch": one exact update from all the maps
+                f = filters_from_equations(state.equations, state.filters, spec.g)
+                if not bool(torch.isfinite(f).all()):
+                    raise DivergenceError(state.order, epoch, "the filters")
+                state.filters, state.equations = f, None
             stamp()
-            state.history.append(state.sums.record(epoch, state.epoch_seconds))
+            rec = state.sums.record(epoch, state.epoch_seconds, state.lam, cos_to(state.filters, f_init, spec.g))
+            if evaluate is not None:
+                rec = replace(rec, **evaluate(state, maps))
+            state.history.append(rec)
             state.epoch, state.order, state.batches_done = epoch + 1, None, 0
             t_epoch, base_epoch = time.perf_counter(), 0.0
             stamp()
@@ -291,21 +365,77 @@ def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: L
     finally:
         for hook in hooks:
             hook.close()
-    return LayerFit(state.filters, list(state.history), maps, map_activity(maps), state.seconds)
+    return LayerFit(state.filters, list(state.history), maps, map_activity(maps), state.seconds,
+                    state.history[-1].lam if state.history else state.lam)
+
+
+#: images the first calibration of ``lam`` uses (the first of the first epoch's order).
+CALIBRATION_IMAGES = 4
+#: the largest factor by which one epoch's correction changes ``lam``.
+MAX_LAM_STEP = 4.0
+
+
+#: the assumed slope of :math:`\log d` against :math:`\log\lambda` (measured on photos near
+#: a few per cent: 1 to 2.5) and the gain of each batch's correction.
+DENSITY_SLOPE, DENSITY_GAIN = 2.0, 0.5
+
+
+def lam_step(lam: float, measured: float, density: float) -> float:
+    r"""``lam`` after a batch whose maps have the non-zero fraction ``measured``:
+
+    .. math:: \log\lambda' = \log\lambda + g\,(\log d^* - \log d) / \sigma
+
+    (gain ``g`` and slope :math:`\sigma`: :data:`DENSITY_GAIN`, :data:`DENSITY_SLOPE`), at
+    most a factor :data:`MAX_LAM_STEP` either way; a batch with no non-zero takes the largest
+    step up. A damped stochastic-approximation step: one batch's density varies with its
+    images, so each batch moves ``lam`` a part of the way, and the average density over an
+    epoch settles at the target; within an epoch of ``filter_every="epoch"`` the filters are
+    fixed, so the relation it corrects does not move under it."""
+    if measured <= 0:
+        return lam * MAX_LAM_STEP
+    step = math.exp(DENSITY_GAIN * (math.log(density) - math.log(measured)) / DENSITY_SLOPE)
+    return lam * min(max(step, 1.0 / MAX_LAM_STEP), MAX_LAM_STEP)
+
+
+def _calibrate(inputs, shapes, spec: LayerSpec, state: TrainState) -> float:
+    """The ``lam`` at which the first images of the epoch's order have ``spec``'s density,
+    with the current filters and the layer's own solver."""
+    first = batches(state.order, shapes, CALIBRATION_IMAGES)[0]
+    y = torch.cat([inputs[i] for i in first])
+    lc = spec.config
+    extra = {} if lc.method != "continuation" else {"beta0": lc.beta0, "beta_inc": lc.beta_inc,
+                                                     "n_beta": lc.n_beta, "n_cg": lc.n_cg}
+    cal = lam_for_density(y, state.filters, lc.density, p=lc.p, g=spec.g, boundary=spec.boundary,
+                          method=lc.method, max_iter=lc.max_iter, tol=lc.tol, rtol=0.1, **extra)
+    return cal.lam
+
+
+def cos_to(f: torch.Tensor, f0: torch.Tensor, g=None) -> float:
+    r"""Mean over connected planes of :math:`|\langle f_{kc}, f0_{kc}\rangle| / (\|f_{kc}\| \|f0_{kc}\|)`."""
+    a, b = f.flatten(2).double(), f0.flatten(2).double()
+    cos = (a * b).sum(2).abs() / (a.norm(dim=2) * b.norm(dim=2)).clamp_min(torch.finfo(torch.float64).tiny)
+    mask = torch.ones_like(cos, dtype=torch.bool) if g is None else g.to(torch.bool)
+    return float(cos[mask].mean())
 
 
 def _train_batch(inputs, idx: list[int], spec: LayerSpec, maps, state: TrainState, reduce) -> torch.Tensor:
-    """Code one batch warm-started from its stored maps, then update the filters; returns the
+    """Code one batch warm-started from its stored maps, then update the filters (or, with
+    ``filter_every="epoch"``, add the batch's normal equations to the epoch's); returns the
     maps ``(B, K, H', W')``."""
     y = torch.cat([inputs[i] for i in idx])
     warm = [maps.get(i) for i in idx]
     z0 = torch.cat(warm) if all(w is not None for w in warm) else None
     op = spec.operator(state.filters)
-    res = solve(op, y, spec.solver, z0)
+    res = solve(op, y, spec.solver if state.lam == spec.solver.lam else replace(spec.solver, lam=state.lam), z0)
     if not bool(torch.isfinite(res.z).all()):
         raise DivergenceError(idx, state.epoch, "the feature maps")
-    state.sums.add(res.history[-1], res.z)
-    f = learn_filters(y, res.z, op, spec.filter_update, reduce)
+    state.sums.add(res.history[-1], res.z, y, state.lam)
+    if spec.config.filter_every == "epoch":
+        eq = normal_equations(y, res.z, op, reduce)
+        state.equations = eq if state.equations is None else state.equations + eq
+        return res.z
+    fopts = spec.filter_update
+    f = learn_filters(y, res.z, op, fopts if state.lam == fopts.lam else replace(fopts, lam=state.lam), reduce)
     if not bool(torch.isfinite(f).all()):
         raise DivergenceError(idx, state.epoch, "the filters")
     state.filters = f
