@@ -12,11 +12,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import ref_synthesize, to_np, to_t
 from scipy.optimize import minimize
 
 import deconvnet as dn
 import deconvnet.train as train_mod
-from conftest import ref_synthesize, to_np, to_t
 from deconvnet.config import ConfigError, apply_overrides
 from deconvnet.filters import filters_from_equations, normal_equations
 from deconvnet.mapstore import MapStore
@@ -153,8 +153,8 @@ def test_epoch_update_equals_one_batch_of_every_image():
     the maps the same (one epoch, the same initial filters), that is the exact update of one
     batch holding every image."""
     ims = strokes(4, side=14)
-    common = dict(n_maps=3, filter_size=3, method="fista", lam=20.0, max_iter=30, tol=0.0, n_epochs=1,
-                  filter_method="exact")
+    common = {"n_maps": 3, "filter_size": 3, "method": "fista", "lam": 20.0, "max_iter": 30, "tol": 0.0,
+              "n_epochs": 1, "filter_method": "exact"}
     by_epoch, _ = run(spec_of(dn.LayerConfig(batch_size=1, filter_every="epoch", **common)), ims)
     one_batch, _ = run(spec_of(dn.LayerConfig(batch_size=4, filter_every="batch", **common)), ims)
     torch.testing.assert_close(by_epoch.filters, one_batch.filters, rtol=0, atol=1e-9)
@@ -309,3 +309,56 @@ def test_cli_train_scores_a_holdout_folder_every_epoch_and_resume_refuses_a_new_
     info = json.loads((out / "run.json").read_text())
     assert info["holdout_files"] == [str(p.resolve()) for p in held]
     expect_error(capsys, ["train", "--resume", str(out), "--holdout", str(tmp_path / "held")], "--holdout")
+
+
+# ------------------------------------------------------------ top patches
+@pytest.fixture(scope="module")
+def small_net():
+    cfg = apply_overrides(dn.preset("fast", 2), ["layer1.n_maps=4", "layer2.n_maps=10", "n_epochs=1", "max_side=32",
+                                                 "max_iter=20"])
+    return dn.DeconvNet(cfg).fit(strokes(3, side=20))
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_top_patches_are_the_largest_activations_and_the_input_under_them(small_net, layer):
+    """Against numpy: the n largest |z| of every map over the images (brute force over all
+    entries), and the input cropped from a zero-padded copy at rows q - S + 1 .. q."""
+    ims = strokes(2, side=20, seed=5)
+    n = 4
+    top = small_net.top_patches(ims, layer, n=n)
+    Z = [to_np(z) for z in small_net.infer(ims, layers=layer)[layer - 1]]
+    Y = [to_np(y[0]) for y in small_net.prepare(ims)]
+    S = 1 + sum(lay.filter_size - 1 for lay in small_net.layers_[:layer])
+    K = Z[0].shape[0]
+    assert top.patches.shape == (K, n, 1, S, S)
+    for k in range(K):
+        entries = [(abs(z[k, r, c]), i, r, c) for i, z in enumerate(Z) for r in range(z.shape[1])
+                   for c in range(z.shape[2]) if z[k, r, c] != 0]
+        entries.sort(key=lambda e: -e[0])
+        for j in range(n):
+            if j >= len(entries):
+                assert top.values[k, j] == 0 and (top.where[k, j] == -1).all()
+                continue
+            _, i, r, c = entries[j]
+            assert top.values[k, j] == pytest.approx(Z[i][k, r, c], rel=1e-6)
+            assert top.where[k, j].tolist() == [i, r - S + 1, c - S + 1]
+            padded = np.pad(Y[i], ((0, 0), (S - 1, S - 1), (S - 1, S - 1)))
+            np.testing.assert_allclose(to_np(top.patches[k, j]), np.sign(Z[i][k, r, c]) * padded[:, r:r + S, c:c + S],
+                                       atol=1e-6)
+
+
+def test_the_window_of_a_map_entry_is_where_its_projected_filter_lands(small_net):
+    """The geometry top_patches assumes, checked with the library's own synthesis: a single 1
+    at (q, q) of a layer-2 map, synthesised down, is the projected filter placed at
+    rows and columns q - S + 1 .. q of the input."""
+    P = small_net.project(2)
+    S = P.shape[-1]
+    z = torch.zeros(1, 10, 32, 32, dtype=small_net.dtype)
+    q = 16  # the window, rows 4 .. 16, lies inside the 20 x 20 input
+    z[0, 3, q, q] = 1.0
+    a, b = small_net.chain_affines_[0]
+    x = small_net.synthesize_down(z, 2)[0] + small_net.layers_[0].inverse_transform(
+        torch.full((1, 4, 26, 26), b / a, dtype=small_net.dtype))[0]  # the chaining offset's share
+    placed = torch.zeros_like(x)
+    placed[:, q - S + 1:q + 1, q - S + 1:q + 1] = P[3] / a
+    torch.testing.assert_close(x, placed, rtol=1e-4, atol=1e-5)

@@ -30,7 +30,7 @@ Pixel-space views (Sec. 6 of paper-notes; toolbox ``Top_Down/``):
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +51,7 @@ from .runtime import configure
 from .solvers import solve
 from .train import DivergenceError, LayerFit, LayerSpec, Progress, TrainState, train_layer
 
-__all__ = ["DeconvNet", "snr_db"]
+__all__ = ["DeconvNet", "TopPatches", "snr_db"]
 
 
 def snr_db(target, estimate) -> float:
@@ -341,6 +341,67 @@ class DeconvNet:
             x = synthesize(F.pad(x, (s - 1,) * 4), lay.filters_, lay.connectivity_, "valid")  # full convolution
         return x
 
+    def top_patches(self, images, layer: int, n: int = 9) -> TopPatches:
+        r"""For each map of ``layer``, its ``n`` largest activations (by magnitude) over the maps
+        inferred from ``images``, and the patch of layer 1's input that each one explains: the
+        ``S x S`` window under the map entry's pixel-space filter (:meth:`project`),
+        ``S = 1 + sum_l (s_l - 1)`` (Zeiler and Fergus's view of what a unit responds to).
+
+        A map entry at row ``q`` reaches input rows ``q - S + 1 .. q`` (``"valid"``: the window
+        is cut at the image border and filled with 0) or ``q .. q + S - 1`` modulo the height
+        (``"circular"``); columns alike. Each patch is multiplied by the sign of its activation,
+        so that it matches the projected filter (a negative entry explains the negated filter).
+
+        Returns:
+            :class:`TopPatches`: ``patches`` ``(K, n, C, S, S)``, ``values`` ``(K, n)`` (the
+            signed activations, 0 where a map has fewer than ``n`` non-zero entries) and
+            ``where`` ``(K, n, 3)`` (image index, top and left of the window in the input;
+            -1 where there is no activation).
+        """
+        self._check_fitted()
+        L = self.check_layer(layer)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n={n!r} must be an integer >= 1")
+        Y = self.prepare(images)
+        Z = self.infer_prepared(Y, L)[L - 1]
+        K = self.layers_[L - 1].n_maps
+        S = 1 + sum(lay.filter_size - 1 for lay in self.layers_[:L])
+        best_v = torch.zeros(K, 0, dtype=torch.float64)
+        best_at = torch.zeros(K, 0, 3, dtype=torch.long)
+        for i, z in enumerate(Z):  # a running top n over the images
+            flat = z.detach().double().cpu().flatten(1)  # (K, H'W')
+            v, idx = flat.abs().topk(min(n, flat.shape[1]), dim=1)
+            v = flat.gather(1, idx)
+            at = torch.stack([torch.full_like(idx, i), idx // z.shape[2], idx % z.shape[2]], dim=2)
+            best_v, best_at = torch.cat([best_v, v], 1), torch.cat([best_at, at], 1)
+            keep = best_v.abs().topk(min(n, best_v.shape[1]), dim=1).indices
+            best_v, best_at = best_v.gather(1, keep), best_at.gather(1, keep[:, :, None].expand(-1, -1, 3))
+        C = Y[0].shape[1]
+        patches = torch.zeros(K, n, C, S, S, dtype=torch.float64)
+        values = torch.zeros(K, n, dtype=torch.float64)
+        where = torch.full((K, n, 3), -1, dtype=torch.long)
+        circular = self.config.boundary == "circular"
+        for k in range(K):
+            for j in range(best_v.shape[1]):
+                v = float(best_v[k, j])
+                if v == 0:
+                    continue
+                i, r, c = (int(t) for t in best_at[k, j])
+                y = Y[i][0].detach().double().cpu()
+                H, W = y.shape[1:]
+                if circular:
+                    rows, cols = (torch.arange(S) + r) % H, (torch.arange(S) + c) % W
+                    patch = y[:, rows][:, :, cols]
+                    top, left = r, c
+                else:
+                    top, left = r - S + 1, c - S + 1
+                    padded = F.pad(y, (S - 1,) * 4)  # padded index = input index + S - 1
+                    patch = padded[:, r:r + S, c:c + S]
+                patches[k, j] = patch * (1.0 if v > 0 else -1.0)
+                values[k, j] = v
+                where[k, j] = torch.tensor([i, top, left])
+        return TopPatches(patches, values, where)
+
     # --------------------------------------------------------------- files
     def save(self, path) -> Path:
         """Write ``model.safetensors`` and ``model.json`` (``path``: a folder or a
@@ -362,6 +423,16 @@ class DeconvNet:
         except ValueError as err:  # a table that leaves a map unconnected, ...
             raise ModelFileError(f"{path}: inconsistent model (ValueError: {err})") from None
         return net.adopt(specs, saved.fits, saved.input_affine, saved.chain_affines, saved.connectivity_seeds)
+
+
+@dataclass(frozen=True)
+class TopPatches:
+    """What :meth:`DeconvNet.top_patches` returns: ``patches`` ``(K, n, C, S, S)`` (sign of the
+    activation applied), ``values`` ``(K, n)`` and ``where`` ``(K, n, 3)`` (image, top, left)."""
+
+    patches: torch.Tensor
+    values: torch.Tensor
+    where: torch.Tensor
 
 
 class _Below:

@@ -110,6 +110,25 @@ def build_report(net: DeconvNet, *, title: str = "deconvnet run", images=None, i
                         + "</tr>")
         parts.append("".join(rows) + "</table>" + "".join(figures))
 
+    # ---- what the maps respond to
+    if images:
+        n_top, n_maps = 6, 12
+        parts.append("<h2>What the maps respond to</h2><p class='note'>For the most active maps of each layer "
+                     f"(rows): the pixel-space filter, then the {n_top} patches of the input images above "
+                     "(preprocessed, as layer 1 sees them) under the map's largest activations, cropped to the "
+                     "filter's receptive field and multiplied by the activation's sign; blank where a map has "
+                     "fewer activations. If a layer learned, its patches look alike and like the filter.</p>")
+        for i in range(1, net.n_layers + 1):
+            top = net.top_patches(images, i, n=n_top)
+            P = net.project(i).detach().double().cpu()
+            order = torch.as_tensor(net.map_order(i)[:n_maps])
+            rows = torch.cat([P[order][:, None], top.patches[order]], 1)  # (maps, 1 + n_top, C, S, S)
+            grid = tile_filters(rows.flatten(0, 1), ncols=n_top + 1)
+            zoom = max(2, min(6, 700 // max(grid.shape[:2])))
+            parts.append(f"<figure>{_img(png_bytes(grid, zoom=zoom, vmin=0, vmax=1), f'layer {i} top patches')}"
+                         f"<figcaption>layer {i}: filter, then top {n_top} patches, for its {len(order)} most "
+                         "active maps</figcaption></figure>")
+
     # ---- training curves
     if any(net.history_):
         parts.append("<h2>Training</h2>" + _img(history_png(net.history_), "objective and sparsity per epoch"))
