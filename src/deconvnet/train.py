@@ -119,6 +119,11 @@ class LayerSpec:
     def batch_size(self) -> int:
         return self.config.batch_size
 
+    def initial_filters(self) -> torch.Tensor:
+        """The random unit-norm filters training starts from, drawn from ``seed``."""
+        return init_filters(self.n_maps, self.in_channels, self.filter_size, self.g, seed=self.seed,
+                            dtype=self.dtype, device=self.device)
+
     def with_lam(self, lam: float | None) -> LayerSpec:
         """This spec with ``config.lam = lam`` (e.g. the calibrated weight); itself for ``None``."""
         if lam is None or lam == self.config.lam:
@@ -200,9 +205,7 @@ class TrainState:
     @classmethod
     def start(cls, spec: LayerSpec) -> TrainState:
         """Random unit-norm filters and the image-order generator, both from ``spec.seed``."""
-        f = init_filters(spec.n_maps, spec.in_channels, spec.filter_size, spec.g, seed=spec.seed,
-                         dtype=spec.dtype, device=spec.device)
-        return cls(f, torch.Generator(device="cpu").manual_seed(spec.seed))
+        return cls(spec.initial_filters(), torch.Generator(device="cpu").manual_seed(spec.seed))
 
 
 @dataclass
@@ -312,8 +315,7 @@ def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: L
     Raises :class:`DivergenceError` when maps or filters become NaN or Inf.
     """
     state = state if state is not None else TrainState.start(spec)
-    f_init = init_filters(spec.n_maps, spec.in_channels, spec.filter_size, spec.g, seed=spec.seed,
-                          dtype=spec.dtype, device=spec.device)
+    f_init = spec.initial_filters()  # what cos_init compares with
     n = len(inputs)
     t_layer, t_epoch = time.perf_counter(), time.perf_counter()
     base, base_epoch = state.seconds, state.epoch_seconds
