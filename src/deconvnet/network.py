@@ -360,10 +360,17 @@ class DeconvNet:
         """
         self._check_fitted()
         L = self.check_layer(layer)
+        Y = self.prepare(images)
+        return self.top_patches_from(Y, self.infer_prepared(Y, L)[L - 1], L, n)
+
+    def top_patches_from(self, Y: list[torch.Tensor], Z, layer: int, n: int = 9) -> TopPatches:
+        """:meth:`top_patches` from inputs already prepared (:meth:`prepare`) and their maps of
+        ``layer`` (``Z[i]`` ``(K, H', W')``, e.g. from :meth:`infer_prepared`), so that a caller
+        that has inferred them once (the report) does not infer them again."""
+        self._check_fitted()
+        L = self.check_layer(layer)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n={n!r} must be an integer >= 1")
-        Y = self.prepare(images)
-        Z = self.infer_prepared(Y, L)[L - 1]
         K = self.layers_[L - 1].n_maps
         S = 1 + sum(lay.filter_size - 1 for lay in self.layers_[:L])
         best_v = torch.zeros(K, 0, dtype=torch.float64)

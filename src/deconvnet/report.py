@@ -92,7 +92,7 @@ def build_report(net: DeconvNet, *, title: str = "deconvnet run", images=None, i
         names = image_names or [str(i + 1) for i in range(len(images))]
         Y = net.prepare(images)
         targets = [y[0].cpu() for y in Y]
-        maps = net.infer_prepared(Y, net.n_layers)  # every layer, inferred once
+        maps = net.infer_prepared(Y, net.n_layers)  # every layer, inferred once (also for the patches below)
         for j, name in enumerate(names):
             target = targets[j]
             zoom = _zoom_for(max(target.shape[1:]), 200)
@@ -119,7 +119,7 @@ def build_report(net: DeconvNet, *, title: str = "deconvnet run", images=None, i
                      "filter's receptive field and multiplied by the activation's sign; blank where a map has "
                      "fewer activations. If a layer learned, its patches look alike and like the filter.</p>")
         for i in range(1, net.n_layers + 1):
-            top = net.top_patches(images, i, n=n_top)
+            top = net.top_patches_from(Y, maps[i - 1], i, n=n_top)
             P = net.project(i).detach().double().cpu()
             order = torch.as_tensor(net.map_order(i)[:n_maps])
             rows = torch.cat([P[order][:, None], top.patches[order]], 1)  # (maps, 1 + n_top, C, S, S)

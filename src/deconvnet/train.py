@@ -57,7 +57,7 @@ class EpochRecord:
     and what says whether the layer learns (``None`` where not measured, e.g. in files
     written before these were recorded):
 
-    ``lam`` (the weight used in the epoch), ``active_maps`` (maps with a non-zero entry on
+    ``lam`` (the weight at the epoch's end; with a ``density`` it moves from batch to batch), ``active_maps`` (maps with a non-zero entry on
     some image), ``snr_db`` (reconstruction SNR of the layer's own inputs from its maps,
     :math:`10\log_{10}(\sum\|y\|^2 / \sum\|Dz - y\|^2)`), ``cos_init`` (mean over connected
     planes of :math:`|\langle f_{kc}, f^{(0)}_{kc}\rangle|`, unit planes, after the epoch's
@@ -213,8 +213,8 @@ class LayerFit:
     """What training a layer learned: ``filters`` ``(K, C, s, s)``, the ``history``, the last
     epoch's ``maps`` (a sequence of ``(1, K, H', W')``; ``None`` once let go),
     ``map_activity`` ``(K,)`` (fraction of non-zero entries of each map in them), the
-    training ``seconds`` and ``lam``, the weight of the last epoch (the calibrated one when
-    the layer has a ``density``; ``None``: the config's)."""
+    training ``seconds`` and ``lam``, the weight at the end of the last epoch (the calibrated
+    one when the layer has a ``density``; ``None``: the config's)."""
 
     filters: torch.Tensor
     history: list[EpochRecord]
