@@ -5,11 +5,11 @@ between trained and initial filter planes, reconstruction SNR from that layer al
 training images and on the held-out ones (fresh inference with the final model, in layer 1's
 input space), and training seconds; then the targets met or not.
 
-    python benchmarks/bench_learning.py [--train DIR] [--holdout DIR] [--preset fast]
+    python benchmarks/bench_learning.py [--train DIR] [--holdout DIR]
         [--config NAME:KEY=VALUE,KEY=VALUE ...] [--threads 2] [--json out.json]
 
 ``--config`` may be given several times: ``NAME`` is a preset, the rest ``--set``
-overrides (e.g. ``fast:density=0.015,layer1.density=0.03,filter_method=exact,filter_every=epoch``);
+overrides (e.g. ``calibrated:layer3.n_epochs=8`` or ``fista:density=0.015,filter_method=exact``);
 all run one after another in this process, so their times compare. Defaults: train on
 ``../shared/data/fruit``, hold out ``../shared/data/city``.
 """
@@ -75,7 +75,7 @@ def main() -> int:
     ap.add_argument("--train", default=str(SHARED / "fruit"))
     ap.add_argument("--holdout", default=str(SHARED / "city"))
     ap.add_argument("--config", action="append", metavar="NAME:KEY=VALUE,...",
-                    help="a preset and overrides; repeatable (default: the preset fast)")
+                    help="a preset and overrides; repeatable (default: the preset calibrated)")
     ap.add_argument("--layers", type=int, default=3)
     args = parse(ap, device=True, json=True)
     for folder in (args.train, args.holdout):
@@ -83,7 +83,7 @@ def main() -> int:
             print(f"error: {folder} is not a folder of images", file=sys.stderr)
             return 2
     configs = []
-    for text in args.config or ["fast"]:
+    for text in args.config or ["calibrated"]:
         name, _, sets = text.partition(":")
         try:
             cfg = apply_overrides(dn.preset(name, args.layers), [s for s in sets.split(",") if s])

@@ -174,7 +174,8 @@ def _train_cmd(*args):
     return [sys.executable, "-m", "deconvnet.cli", "train", *args, "--quiet", "--no-report"]
 
 
-CLI_SETTINGS = ["--layers", "2", "--epochs", "4", "--set", "layer1.n_maps=6", "--set", "layer2.n_maps=21",
+CLI_SETTINGS = ["--preset", "zeiler2010", "--layers", "2", "--epochs", "4", "--set", "layer1.n_maps=6",
+                "--set", "layer2.n_maps=21",
                 "--set", "max_side=40"]
 
 

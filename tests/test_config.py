@@ -63,7 +63,7 @@ def test_fast_preset_same_network_other_solver():
 
 
 @pytest.mark.parametrize("name,n,match", [
-    ("nope", 2, "preset='nope' is not allowed: one of zeiler2010, fast"),
+    ("nope", 2, "preset='nope' is not allowed: one of calibrated, zeiler2010, fista, fast"),
     ("zeiler2010", 0, "layers=0 is not allowed: an integer >= 1"),
 ], ids=["nope-2", "zeiler2010-0"])
 def test_bad_preset_raises(name, n, match):

@@ -161,6 +161,34 @@ def test_epoch_update_equals_one_batch_of_every_image():
     assert not torch.allclose(by_epoch.filters, TrainState.start(spec_of(dn.LayerConfig(**common))).filters)
 
 
+def test_online_update_solves_the_decayed_sum_of_the_batches_equations():
+    """filter_every='online': after every batch the filters are the exact update from
+    sum_t (1 - B/N)^(T-t) E_t, with E_t the equations of batch t built from the maps that
+    batch coded (recorded by a hook) and the filters it was coded with."""
+    ims = strokes(4, side=14)
+    lc = dn.LayerConfig(n_maps=3, filter_size=3, method="fista", lam=20.0, max_iter=30, tol=0.0, n_epochs=2,
+                        batch_size=2, filter_method="exact", filter_every="online")
+    spec = spec_of(lc)
+    seen = []
+
+    class Record(train_mod.TrainHooks):
+        def maps_coded(self, state, batch, z):
+            seen.append((list(batch), z.clone(), state.filters.clone()))
+
+    state = TrainState.start(spec)
+    fit, X = run(spec, ims, state=state, hooks=[Record()])
+    total, f = None, TrainState.start(spec).filters
+    for batch, z, f_after in seen:
+        y = torch.cat([X[i] for i in batch])
+        eq = normal_equations(y, z, dn.ConvOperator(f))
+        total = eq if total is None else total.scaled(0.5) + eq  # B/N = 2/4
+        f = filters_from_equations(total, f)
+        torch.testing.assert_close(f, f_after, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fit.filters, f, rtol=0, atol=1e-12)
+    for a, b in zip(state.equations.gram + state.equations.rhs, total.gram + total.rhs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 # ----------------------------------------------------- calibrated sparsity
 def test_training_holds_the_target_density_and_stores_the_lam_it_used():
     lc = dn.LayerConfig(n_maps=4, filter_size=5, method="fista", p=1.0, max_iter=100, tol=1e-4, n_epochs=4,
@@ -204,9 +232,10 @@ def test_a_network_uses_and_saves_the_calibrated_lam(tmp_path):
         torch.testing.assert_close(a, b)
 
 
-def test_an_interrupted_run_with_epoch_equations_resumes_to_the_same_filters_and_lam(tmp_path, monkeypatch):
+@pytest.mark.parametrize("every", ["epoch", "online"])
+def test_an_interrupted_run_with_summed_equations_resumes_to_the_same_filters_and_lam(tmp_path, monkeypatch, every):
     cfg = apply_overrides(dn.preset("fast", 2), ["layer1.n_maps=4", "layer2.n_maps=10", "n_epochs=2", "max_side=32",
-                                                 "density=0.05", "filter_method=exact", "filter_every=epoch",
+                                                 "density=0.05", "filter_method=exact", f"filter_every={every}",
                                                  "max_iter=20", "batch_size=1"])
     ims = strokes(3, side=20)
     ref = dn.DeconvNet(cfg).fit(ims)

@@ -205,7 +205,8 @@ def test_lam_from_the_command_line_is_checked_once_and_handed_through(tmp_path, 
     folder.mkdir()
     for i, im in enumerate(photos()):
         Image.fromarray((im * 255).astype(np.uint8)).save(folder / f"p{i}.png")
-    assert main(["train", str(folder), "--out", str(tmp_path / "run"), "--quiet", "--no-report", "--layers", "2",
+    assert main(["train", str(folder), "--preset", "zeiler2010", "--out", str(tmp_path / "run"), "--quiet",
+                 "--no-report", "--layers", "2",
                  "--epochs", "1", "--set", "layer1.n_maps=4", "--set", "layer2.n_maps=10", "--set", "lam=2"]) == 0
     assert [v for _, v in checked if v == 2.0] == [2.0, 2.0]  # once per layer
     assert lams and set(lams) == {2.0}

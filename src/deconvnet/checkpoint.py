@@ -142,7 +142,7 @@ class RunState:
                               "seconds": c.seconds, "epoch_seconds": c.epoch_seconds, "lam": c.lam,
                               "equations": None}
             tensors = {"current.filters": c.filters, "current.rng": c.rng.get_state()}
-            if c.equations is not None:  # filter_every="epoch": the sums so far, exactly
+            if c.equations is not None:  # filter_every="epoch" or "online": the sums so far, exactly
                 eq = c.equations
                 doc["current"]["equations"] = {"shape": list(eq.shape), "channels": len(eq.maps)}
                 for i, (ks, G, r) in enumerate(zip(eq.maps, eq.gram, eq.rhs)):

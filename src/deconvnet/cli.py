@@ -2,7 +2,7 @@
 
 Commands (``deconvnet COMMAND --help`` for each):
 
-- ``train IMAGES_DIR --preset zeiler2010 --layers 3 --out RUN_DIR [--set KEY=VALUE ...]``;
+- ``train IMAGES_DIR --preset calibrated --layers 3 --out RUN_DIR [--set KEY=VALUE ...]``;
   ``train --resume RUN_DIR`` continues an interrupted run from its checkpoint
 - ``infer MODEL IMAGE... [--layer L] --out DIR``: maps as ``.npy`` plus a PNG per image and layer
 - ``project MODEL --out DIR``: a PNG grid of pixel-space filters per layer
@@ -337,6 +337,10 @@ def cmd_report(args) -> int:
 
 DEMO_IMAGES = ("camera", "coins", "moon", "page", "text", "brick", "grass", "gravel", "astronaut", "coffee",
                "chelsea", "rocket")
+#: the demo's changes to the preset ``calibrated``: fewer epochs, so that it ends in about a minute
+#: on 2 cores (README, "Quick start").
+DEMO_SETTINGS = ("layer1.n_epochs=4", "layer2.n_epochs=3", "layer3.n_epochs=2", "layer2.batch_size=4",
+                 "layer3.batch_size=4")
 
 
 def cmd_demo(args) -> int:
@@ -364,10 +368,11 @@ def cmd_demo(args) -> int:
         top, left = (im.shape[0] - side) // 2, (im.shape[1] - side) // 2
         im = resize(im[top:top + side, left:left + side], (args.size, args.size), anti_aliasing=True)
         atomic_write_bytes(folder / f"{name}.png", png_bytes(im, vmin=0, vmax=1))
-    cfg = apply_overrides(preset("zeiler2010", 3), ["layer3.n_maps=" + str(args.maps3)] + list(args.set or []))
+    cfg = apply_overrides(preset("calibrated", 3), list(DEMO_SETTINGS) + ["layer3.n_maps=" + str(args.maps3)]
+                          + list(args.set or []))
     print(f"deconvnet demo: {len(DEMO_IMAGES)} scikit-image photos, {args.size}x{args.size} grey, "
-          f"preset zeiler2010 (3 layers)")
-    train_run(folder, out, cfg, device=_device(args.device), progress=not args.quiet, preset_name="zeiler2010",
+          f"preset calibrated (3 layers; {', '.join(DEMO_SETTINGS)})")
+    train_run(folder, out, cfg, device=_device(args.device), progress=not args.quiet, preset_name="calibrated",
               command="deconvnet demo")
     print(f"open {(out / 'report.html').resolve()} in a browser to see what each layer learned")
     return 0
@@ -402,7 +407,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS",
                    help="seconds between checkpoints within an epoch (default 120; every epoch end "
                         "writes one too)")
-    p.add_argument("--preset", default="zeiler2010", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="calibrated", choices=sorted(PRESETS),
+                   help="calibrated (default: layers that learn), zeiler2010 (the 2010 toolbox), fista")
     p.add_argument("--layers", type=int, default=3, help="number of layers (default 3)")
     p.add_argument("--config", metavar="FILE", help="a JSON configuration (as RUN_DIR/config.json) instead of a preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -451,7 +457,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--images", nargs="+", metavar="IMAGE", help="images to reconstruct (default: 3 training images)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("demo", help="train on scikit-image's sample photos and write a report (under a minute on 2 cores)")
+    p = sub.add_parser("demo", help="train on scikit-image's sample photos and write a report (about a minute on 2 cores)")
     p.add_argument("--out", default="deconvnet-demo", metavar="DIR", help="run folder (default ./deconvnet-demo)")
     p.add_argument("--size", type=int, default=64, help="side of the square grey demo images (default 64)")
     p.add_argument("--maps3", type=int, default=150, help="layer-3 maps (default 150, as the paper)")

@@ -69,8 +69,8 @@ class DeconvNet:
     """A deconvolutional network of ``len(config.layers)`` layers.
 
     Args:
-        config: a :class:`~deconvnet.config.NetConfig`, or a preset name (``"zeiler2010"``,
-            ``"fast"``); default ``"zeiler2010"`` with 3 layers.
+        config: a :class:`~deconvnet.config.NetConfig`, or a preset name (``"calibrated"``,
+            ``"zeiler2010"``, ``"fista"``); default ``"calibrated"`` with 3 layers.
         device: ``"cpu"``, ``"cuda"`` or a ``torch.device``.
         progress: show a progress bar per layer while training.
         map_memory_limit: bytes of warm-start maps per layer kept in memory while training;
@@ -87,7 +87,7 @@ class DeconvNet:
     def __init__(self, config: NetConfig | str | None = None, *, device="cpu", progress: bool = False,
                  map_memory_limit: float = DEFAULT_MEMORY_LIMIT):
         if config is None:
-            config = "zeiler2010"
+            config = "calibrated"
         self.config = preset(config) if isinstance(config, str) else config
         if not isinstance(self.config, NetConfig):
             raise TypeError(f"config must be a NetConfig or a preset name, got {type(config).__name__}")

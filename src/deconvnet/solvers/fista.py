@@ -3,8 +3,9 @@ r"""FISTA for the sparse-coding problem (Beck & Teboulle 2009).
 Minimises :math:`\frac{\lambda}{2}\|Dz - y\|^2 + \sum|z|^p` with gradient steps of size ``1/L``
 on the data term followed by the exact ``|.|^p`` proximal step
 (:func:`~deconvnet.solvers.prox.shrink`). ``L`` starts from :math:`\lambda\|D\|^2`, exact for
-the circular boundary (from the DFT of the filters) and a power-iteration estimate for
-``"valid"``, and is doubled whenever the sufficient-decrease test fails, so the method
+the circular boundary (from the DFT of the filters) and, for ``"valid"``, from the peak of the
+synthesis symbol on a grid of frequencies (an estimate of an upper bound), and is doubled
+whenever the sufficient-decrease test fails, so the method
 converges to the minimiser for ``p = 1``; for ``p < 1`` it reaches a stationary point.
 Momentum is dropped where the objective rose (adaptive restart, O'Donoghue & Candes 2015).
 """
@@ -20,7 +21,11 @@ from ..runtime import flush_denormals
 from ._loop import Iteration, SparseCode, bcast, bdot, bsum, check_interval, iterate
 from .prox import penalty_map, shrink
 
-__all__ = ["FistaOptions", "fista"]
+__all__ = ["FistaOptions", "fista", "SYMBOL_MARGIN"]
+
+#: the factor on the sampled peak of the synthesis symbol that starts FISTA's Lipschitz
+#: constant for the 'valid' boundary.
+SYMBOL_MARGIN = 1.05
 
 
 @dataclass(frozen=True)
@@ -60,10 +65,12 @@ class _Fista:
         if op.boundary == "circular":  # exact, from the DFT of the filters
             L = lam * op.periodic_norm_sq(y.shape[2], y.shape[3])
         else:
-            # power iteration on a domain of at most 64x64 pixels: ||D|| grows with the domain towards
-            # the supremum of its symbol, so a 10% margin covers the gap; the test below catches the rest.
-            H, W = min(y.shape[2], 64), min(y.shape[3], 64)
-            L = 1.1 * lam * op.norm_sq(op.map_shape((1, op.C, H, W)), n_iter=30)
+            # ||D_valid|| <= ||D on the whole plane|| = the supremum over frequencies of the
+            # symbol's norm; sampled on a grid of n x n frequencies (the symbol is a trigonometric
+            # polynomial of degree s - 1, so n >= 2s + 2 points per axis find its peak to about a
+            # per cent), with a 5% margin; the sufficient-decrease test below catches the rest.
+            n = max(16, 2 * op.s + 2)
+            L = SYMBOL_MARGIN * lam * op.periodic_norm_sq(n, n)
         self.L = max(L, torch.finfo(y.dtype).tiny)
         self.eps = torch.finfo(y.dtype).eps
         self.z = z0.clone(memory_format=op.memory_format)
