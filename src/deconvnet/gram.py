@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["map_pairs", "map_gram", "dense_gram", "channel_grams", "SPARSE_GRAM_FRACTION"]
+__all__ = ["SPARSE_GRAM_FRACTION", "channel_grams", "dense_gram", "map_gram", "map_pairs"]
 
 #: above this fraction of non-zero map entries, :func:`channel_grams` unfolds the maps densely.
 SPARSE_GRAM_FRACTION = 0.05
