@@ -37,7 +37,8 @@ from .solvers import IterationRecord, SolverOptions, options_for, solve
 from .sparsity import lam_for_density
 
 __all__ = ["LayerSpec", "TrainState", "EpochSums", "EpochRecord", "LayerFit", "TrainHooks", "Progress",
-           "DivergenceError", "train_layer", "batches", "cos_to", "lam_step", "CALIBRATION_IMAGES", "CALIBRATION_RTOL",
+           "DivergenceError", "train_layer", "batches", "cos_to", "lam_step", "CALIBRATION_IMAGES",
+           "CALIBRATION_RTOL",
            "MAX_LAM_STEP", "DENSITY_SLOPE", "DENSITY_GAIN"]
 
 
@@ -375,7 +376,8 @@ def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: L
 
 #: images the first calibration of ``lam`` uses (the first of the first epoch's order), and
 #: its relative tolerance on the density: a first guess, which every batch's
-#: :func:`lam_step` then corrects (4 images to 10% cost a fifth of layer 3's training time).
+#: :func:`lam_step` then corrects (4 images to 10% took a fifth of a 2-epoch run of the
+#: paper's 3 layers on fruit, by cProfile).
 CALIBRATION_IMAGES, CALIBRATION_RTOL = 2, 0.25
 #: the largest factor by which one epoch's correction changes ``lam``.
 MAX_LAM_STEP = 4.0
@@ -438,7 +440,10 @@ def _train_batch(inputs, idx: list[int], spec: LayerSpec, maps, state: TrainStat
         raise DivergenceError(idx, state.epoch, "the feature maps")
     state.sums.add(res.history[-1], res.z, y, state.lam)
     every = spec.config.filter_every
-    if every != "batch":
+    if every == "batch":
+        fopts = spec.filter_update
+        f = learn_filters(y, res.z, op, fopts if state.lam == fopts.lam else replace(fopts, lam=state.lam), reduce)
+    else:
         eq = normal_equations(y, res.z, op, reduce)
         if state.equations is None:
             state.equations = eq
@@ -449,12 +454,6 @@ def _train_batch(inputs, idx: list[int], spec: LayerSpec, maps, state: TrainStat
         if every == "epoch":
             return res.z
         f = filters_from_equations(state.equations, state.filters, spec.g)
-        if not bool(torch.isfinite(f).all()):
-            raise DivergenceError(idx, state.epoch, "the filters")
-        state.filters = f
-        return res.z
-    fopts = spec.filter_update
-    f = learn_filters(y, res.z, op, fopts if state.lam == fopts.lam else replace(fopts, lam=state.lam), reduce)
     if not bool(torch.isfinite(f).all()):
         raise DivergenceError(idx, state.epoch, "the filters")
     state.filters = f
