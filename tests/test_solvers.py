@@ -452,3 +452,16 @@ def test_admm_from_a_warm_start_keeps_improving():
     reversals = np.nonzero(np.sign(moves[1:]) != np.sign(moves[:-1]))[0] + 1
     for i in reversals:  # after a reversal the next change is at most the size allowed before, halved
         assert abs(moves[i]) <= abs(moves[:i]).max() * 0.5 + 1e-9
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_batch_reductions_are_numpys_per_sample_sums(layout):
+    """``bdot`` and ``bsum`` against numpy in float64, for both layouts the solvers keep maps in."""
+    from deconvnet.solvers._loop import bdot, bsum
+    gen = torch.Generator().manual_seed(3)
+    a, b = (torch.randn(3, 5, 7, 6, generator=gen) for _ in range(2))
+    if layout == "channels_last":
+        a, b = a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last)
+    A, B = a.double().numpy(), b.double().numpy()
+    np.testing.assert_allclose(bdot(a, b).double().numpy(), (A * B).reshape(3, -1).sum(1), rtol=1e-5)
+    np.testing.assert_allclose(bsum(a).double().numpy(), A.reshape(3, -1).sum(1), rtol=1e-5, atol=1e-5)

@@ -76,7 +76,7 @@ def bdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample inner product ``(B, ...) x (B, ...) -> (B,)``; ``a`` and ``b`` share a layout.
 
     ``torch.linalg.vecdot``, not a batched ``(1, n) @ (n, 1)`` product: on the CPU the latter
-    ran 11-24x slower on the paper's map and residual sizes, with 10-100x the rounding error
+    ran 9.5-24x slower on the paper's map and residual sizes, with 10-100x the rounding error
     (``benchmarks/bench_reductions.py``); it was a sixth of FISTA's time at layer 3."""
     return torch.linalg.vecdot(_flat(a), _flat(b))
 
