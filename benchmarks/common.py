@@ -88,6 +88,9 @@ def path_table() -> str:
     lines = ["# operator paths chosen (ms for one D + D^T; ! = not bit-identical to the reference, never chosen):",
              f"#   {'shape':<58} {'chosen':<24}" + "".join(f"{n:>24}" for n in names)]
     for c in dn.paths.choices():
+        if not c.seconds:  # taken from a measured shape of the same size bucket, checked exact
+            lines.append(f"#   {describe_key(c.key):<58} {str(c.path):<24}  (as the measured shape of its size bucket)")
+            continue
         cells = "".join(f"{c.seconds[n] * 1e3:>23.2f}{' ' if c.exact[n] else '!'}" for n in names)
         lines.append(f"#   {describe_key(c.key):<58} {str(c.path):<24}{cells}")
     return "\n".join(lines)

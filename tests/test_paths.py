@@ -72,8 +72,9 @@ def test_float32_paths_are_bit_identical_where_they_are_eligible(name):
     choice = next(c for c in dn.paths.choices() if c.path == chosen and c.key[-4:] == tuple(y.shape)
                   and c.key[2:5] == (f.shape[0], f.shape[1], f.shape[2]) and c.key[7] == boundary)
     assert choice.exact[str(op.reference_path)]
-    eligible = {n: t for n, t in choice.seconds.items() if choice.exact[n]}
-    assert str(choice.path) == min(eligible, key=eligible.get)  # the fastest exact candidate
+    if choice.seconds:  # measured here (not taken from a nearby size measured earlier in the session)
+        eligible = {n: t for n, t in choice.seconds.items() if choice.exact[n]}
+        assert str(choice.path) == min(eligible, key=eligible.get)  # the fastest exact candidate
     for name_, exact in choice.exact.items():
         other = dn.ConvOperator(f, g, boundary, path=name_)
         same = torch.equal(other.forward(z), op.forward(z)) and torch.equal(other.adjoint(y), op.adjoint(y))
@@ -112,3 +113,40 @@ def test_the_environment_variable_forces_a_path_and_nothing_is_measured():
     env["DECONVNET_OPS"] = "nonsense"
     bad = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "operator path 'nonsense' is not known" in bad.stderr
+
+
+def test_a_nearby_size_takes_the_measured_choice_after_an_exactness_check(monkeypatch):
+    monkeypatch.setattr(dn.paths, "_CHOICES", {})
+    monkeypatch.setattr(dn.paths, "_BUCKETS", {})
+    f = dn.init_filters(4, 1, 5, seed=0, dtype=torch.float32)
+    op = dn.ConvOperator(f)
+    first = op.path_for((1, 1, 40, 40))
+    near = op.path_for((1, 1, 41, 63))  # same 32-pixel bucket: no timing
+    far = op.path_for((1, 1, 70, 40))  # another bucket: timed
+    by_shape = {c.key[-2:]: c for c in dn.paths.choices()}
+    assert by_shape[(40, 40)].seconds and by_shape[(70, 40)].seconds and not by_shape[(41, 63)].seconds
+    assert near == first and far == by_shape[(70, 40)].path
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(1, 4, 45, 67, generator=gen)
+    y = torch.randn(1, 1, 41, 63, generator=gen)
+    ref = dn.ConvOperator(f, path=op.reference_path)
+    assert torch.equal(op.forward(z), ref.forward(z)) and torch.equal(op.adjoint(y), ref.adjoint(y))
+
+
+def test_a_nearby_choice_that_is_not_exact_on_the_new_size_is_measured_again(monkeypatch):
+    monkeypatch.setattr(dn.paths, "_CHOICES", {})
+    reference = Path()
+    other = next(p for p in PATHS if p != reference)
+    key = ("cpu", "float32", 4, 1, 5, 4, False, "valid", 1, 1, 40, 40)
+    monkeypatch.setattr(dn.paths, "_BUCKETS", {dn.paths.bucket_of(key): dn.paths.Choice(key, other)})
+    calls = []
+
+    def probe():
+        def run(path):
+            calls.append(path)
+            return (torch.zeros(1) if path == reference else torch.ones(1),)  # only the reference is exact
+        return run
+
+    choice = dn.paths.measure(key, reference, probe, torch.device("cpu"))
+    assert choice.path == reference and choice.seconds  # timed in full after the failed check
+    assert not choice.exact[str(other)]

@@ -218,13 +218,18 @@ class DeconvLayer(TransformerMixin, BaseEstimator):
         self._adopt(spec, train_layer(X, shapes, spec, maps, hooks=hooks))
         return self
 
-    def transform(self, images, n_passes: int | None = None):
+    def transform(self, images, n_passes: int | None = None, max_iter: int | None = None,
+                  batch_size: int | None = None):
         """Infer maps: ``(N, C, H, W) -> (N, K, H+s-1, W+s-1)`` (valid) or ``(N, K, H, W)``
         (circular); a list of images of different sizes gives a list of ``(K, H', W')``.
 
         ``n_passes``: solver runs, each warm-started from the last. Default: ``n_epochs`` for
         ``method="continuation"`` (the toolbox's 'recon' mode repeats its few inexact steps
         as many times as training did), 1 for the methods that solve to a tolerance.
+        ``max_iter``: a cap on the iterations of FISTA or ADMM in place of the layer's own
+        (the tolerance still applies): fewer, cheaper iterations, e.g. for features of many
+        images (:mod:`deconvnet.recognition`). ``batch_size``: images of one size solved together
+        (default the layer's ``batch_size``); more per batch keeps a GPU busy.
         """
         self._check_fitted()
         spec = self.spec_
@@ -232,14 +237,21 @@ class DeconvLayer(TransformerMixin, BaseEstimator):
         if n_passes is None:
             n_passes = spec.n_epochs if spec.config.method == "continuation" else 1
         n_passes = check_int("n_passes", n_passes)
+        opts = spec.solver
+        if max_iter is not None:
+            if spec.config.method == "continuation":
+                raise ValueError("max_iter: continuation runs a fixed schedule (n_beta, n_cg), not iterations "
+                                 "to a tolerance; use n_passes")
+            opts = dataclasses.replace(opts, max_iter=check_int("max_iter", max_iter))
         configure()
         op = spec.operator(self.filters_)
         out: list[torch.Tensor | None] = [None] * len(X)
-        for idx in batches(list(range(len(X))), shapes, spec.batch_size):
+        size = spec.batch_size if batch_size is None else check_int("batch_size", batch_size)
+        for idx in batches(list(range(len(X))), shapes, size):
             y = torch.cat([X[i] for i in idx])
             z = None
             for _ in range(n_passes):
-                z = solve(op, y, spec.solver, z).z
+                z = solve(op, y, opts, z).z
             for j, i in enumerate(idx):
                 out[i] = z[j]
         if len(set(shapes)) == 1:

@@ -265,12 +265,19 @@ class DeconvNet:
         return fit, chain, above
 
     # ------------------------------------------------------------ inference
-    def infer_prepared(self, Y: list[torch.Tensor], upto: int) -> list[list[torch.Tensor]]:
+    def infer_prepared(self, Y: list[torch.Tensor], upto: int, max_iter=None,
+                       batch_size: int | None = None) -> list[list[torch.Tensor]]:
         """Maps of layers ``1..upto`` for inputs from :meth:`prepare`: ``out[l][i]`` is
-        ``(K, H', W')``."""
+        ``(K, H', W')``. ``max_iter``: per layer, ``None`` or a cap on the solver's iterations in
+        place of the layer's own; ``batch_size``: images of one size solved together (see
+        :meth:`DeconvLayer.transform`)."""
+        caps = list(max_iter) if max_iter is not None else []
+        if len(caps) > upto:
+            raise ValueError(f"max_iter: {len(caps)} values for {upto} layers")
+        caps += [None] * (upto - len(caps))
         out = []
         for i in range(upto):
-            Z = self.layers_[i].transform([y[0] for y in Y])
+            Z = self.layers_[i].transform([y[0] for y in Y], max_iter=caps[i], batch_size=batch_size)
             Z = list(Z) if isinstance(Z, torch.Tensor) else Z
             out.append(Z)
             if i + 1 < upto:

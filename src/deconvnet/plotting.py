@@ -14,7 +14,7 @@ import numpy as np
 from ._files import atomic_write_bytes
 from .viz import tile_filters
 
-__all__ = ["png_bytes", "save_image", "save_filter_grid", "history_png"]
+__all__ = ["png_bytes", "save_image", "save_filter_grid", "history_png", "confusion_png"]
 
 
 def _pyplot():
@@ -77,5 +77,36 @@ def history_png(history: list[list]) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def confusion_png(matrices: list[np.ndarray], titles: list[str], classes: list[str]) -> bytes:
+    """Confusion matrices side by side (rows: true class, columns: predicted; each row divided
+    by its total, so the diagonal is the per-class accuracy). Class names are written when
+    there are at most 40 classes."""
+    plt = _pyplot()
+    n = len(matrices)
+    k = len(classes)
+    side = 3.2 if k <= 12 else 5.0
+    fig, axes = plt.subplots(1, n, figsize=(side * n + 0.6, side + 0.8), dpi=100, squeeze=False)
+    image = None
+    for ax, m, title in zip(axes[0], matrices, titles):
+        m = np.asarray(m, dtype=np.float64)
+        rows = m.sum(1, keepdims=True)
+        image = ax.imshow(np.divide(m, rows, out=np.zeros_like(m), where=rows > 0), vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(title, fontsize=8)
+        if k <= 40:
+            ticks = np.arange(k)
+            ax.set_xticks(ticks, classes, rotation=90, fontsize=6)
+            ax.set_yticks(ticks, classes, fontsize=6)
+        else:
+            ax.set(xticks=[], yticks=[])
+        ax.set_xlabel("predicted", fontsize=7)
+        ax.set_ylabel("true", fontsize=7)
+    if image is not None:
+        fig.colorbar(image, ax=axes[0].tolist(), fraction=0.02, pad=0.02, label="fraction of the true class")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
