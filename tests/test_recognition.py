@@ -328,6 +328,15 @@ def test_a_second_run_reuses_the_network_maps_and_splits(protocol_run):
     assert any("trained earlier" in s for s in said)
     assert again["timing"]["maps_computed"] == 0 and again["timing"]["classification_seconds"] == 0
     assert again["results"] == doc["results"]
+    # interrupted while inferring maps: the maps it had not cached yet are computed, no others
+    files = sorted((out / "cache").rglob("*.safetensors"))
+    for f in files[::3] + sorted((out / "splits").glob("dn1-*.json")):
+        f.unlink()
+    resumed = run_protocol(root, out, cfg, progress=False, say=said.append)
+    assert resumed["timing"]["maps_computed"] == len(files[::3])
+    for f, per_n in doc["results"].items():  # the same maps (cached or not) give the same results
+        for k in ("mean", "splits", "per_class", "confusion"):
+            assert resumed["results"][f]["5"][k] == per_n["5"][k]
     # other classifier settings: same network and maps, new splits
     other = run_protocol(root, out, ProtocolConfig(**{**cfg.__dict__, "C": 1.0}), progress=False, say=said.append)
     assert other["timing"]["maps_computed"] == 0 and other["timing"]["classification_seconds"] > 0
@@ -385,3 +394,45 @@ def test_protocol_on_caltech101_mini(tmp_path):
     doc = run_protocol(root, tmp_path / "mini", cfg, progress=False, say=lambda s: None)
     for f in ("dn1", "sift"):
         assert doc["results"][f]["15"]["mean"] > 0.5  # 10 classes: chance 0.1
+
+
+def test_a_pipeline_from_image_paths_fits_clones_and_predicts(protocol_run):
+    from sklearn.pipeline import make_pipeline
+
+    from deconvnet import DeconvNet
+
+    root, out, cfg, doc, _ = protocol_run
+    data = read_class_folders(root)
+    net = DeconvNet.load(out / "network")
+    model = make_pipeline(DNDescriptors(net, "dn1", crop=48, max_iter=(20,)), PyramidEncoder(12),
+                          IntersectionKernel(), SVC(kernel="precomputed", C=10.0))
+    train = np.concatenate([np.flatnonzero(data.labels == c)[:6] for c in range(3)])
+    test = np.setdiff1d(np.arange(len(data.paths)), train)
+    fitted = clone(model).fit([data.paths[i] for i in train], data.labels[train])
+    acc = mean_class_accuracy(data.labels[test], fitted.predict([data.paths[i] for i in test]), 3)[0]
+    assert acc >= 0.8  # chance 1/3
+
+
+def test_inference_caps_and_batches(protocol_run):
+    from deconvnet import DeconvNet, objective
+
+    root, out, *_ = protocol_run
+    net = DeconvNet.load(out / "network")
+    layer = net.layers_[0]
+    paths = read_class_folders(root).paths[:3]
+    Y = torch.cat(net.prepare(paths))  # generated images: one size
+    capped = layer.transform(Y, max_iter=2)
+    full = layer.transform(Y)
+    f, lam = layer.filters_, layer.lam_
+
+    def cost(z):
+        return float(objective(Y.double(), z.double(), f.double(), lam=lam, p=1.0).total)
+
+    assert cost(full) < cost(capped)  # two iterations from zero are further from the minimum
+    one_by_one = torch.cat([layer.transform(Y[i:i + 1], max_iter=4) for i in range(3)])
+    together = layer.transform(Y, max_iter=4, batch_size=3)
+    torch.testing.assert_close(together, one_by_one, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="max_iter"):
+        layer.transform(Y, max_iter=0)
+    with pytest.raises(ValueError, match="2 values for 1 layers"):
+        net.infer_prepared([Y[:1]], 1, max_iter=(3, 3))

@@ -89,23 +89,25 @@ def confusion_png(matrices: list[np.ndarray], titles: list[str], classes: list[s
     n = len(matrices)
     k = len(classes)
     side = 3.2 if k <= 12 else 5.0
-    fig, axes = plt.subplots(1, n, figsize=(side * n + 0.6, side + 0.8), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(side * n + 1.4, side + 1.0), dpi=100, squeeze=False,
+                             constrained_layout=True)
     image = None
-    for ax, m, title in zip(axes[0], matrices, titles):
+    for i, (ax, m, title) in enumerate(zip(axes[0], matrices, titles)):
         m = np.asarray(m, dtype=np.float64)
         rows = m.sum(1, keepdims=True)
         image = ax.imshow(np.divide(m, rows, out=np.zeros_like(m), where=rows > 0), vmin=0, vmax=1, cmap="viridis")
         ax.set_title(title, fontsize=8)
+        ticks = np.arange(k)
         if k <= 40:
-            ticks = np.arange(k)
             ax.set_xticks(ticks, classes, rotation=90, fontsize=6)
-            ax.set_yticks(ticks, classes, fontsize=6)
+            ax.set_yticks(ticks, classes if i == 0 else [], fontsize=6)
         else:
             ax.set(xticks=[], yticks=[])
         ax.set_xlabel("predicted", fontsize=7)
-        ax.set_ylabel("true", fontsize=7)
+        if i == 0:
+            ax.set_ylabel("true", fontsize=7)
     if image is not None:
-        fig.colorbar(image, ax=axes[0].tolist(), fraction=0.02, pad=0.02, label="fraction of the true class")
+        fig.colorbar(image, ax=axes[0].tolist(), fraction=0.02, pad=0.01, label="fraction of the true class")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)

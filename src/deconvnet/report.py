@@ -20,9 +20,9 @@ from .network import DeconvNet, snr_db
 from .plotting import history_png, png_bytes
 from .viz import signed_to_unit, tile_filters
 
-__all__ = ["write_report", "build_report"]
+__all__ = ["write_report", "build_report", "img_tag", "CSS"]
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;
 padding:0 1em}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
@@ -34,7 +34,8 @@ figcaption{font-size:.85em;color:#555}pre{background:#f7f7f7;padding:.8em;overfl
 """
 
 
-def _img(data: bytes, alt: str, width: int | None = None) -> str:
+def img_tag(data: bytes, alt: str, width: int | None = None) -> str:
+    """PNG bytes as an ``<img>`` with a data URI (the report is one self-contained file)."""
     src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     w = f' width="{width}"' if width else ""
     return f'<img src="{src}" alt="{html.escape(alt)}"{w}>'
@@ -49,7 +50,7 @@ def build_report(net: DeconvNet, *, title: str = "deconvnet run", images=None, i
     """The report as an HTML string; ``images`` (paths or arrays) are reconstructed."""
     cfg = net.config
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     info = dict(run_info or {})
     summary = [("layers", net.n_layers), ("maps", " / ".join(str(l.n_maps) for l in net.layers_)),
                ("filters", " / ".join(f"{l.filter_size}x{l.filter_size}" for l in net.layers_)),
@@ -79,7 +80,7 @@ def build_report(net: DeconvNet, *, title: str = "deconvnet run", images=None, i
         if act is not None:
             note = (f"; active fraction {np.mean(act):.4f} on average; {int((act == 0).sum())} of {len(act)} "
                     f"maps never active")
-        parts.append(f"<figure>{_img(png_bytes(grid, zoom=zoom, vmin=0, vmax=1), f'layer {i} filters')}"
+        parts.append(f"<figure>{img_tag(png_bytes(grid, zoom=zoom, vmin=0, vmax=1), f'layer {i} filters')}"
                      f"<figcaption>layer {i}: {P.shape[0]} maps, {S}x{S} pixels{note}</figcaption></figure>")
 
     # ---- reconstructions
@@ -96,14 +97,14 @@ def build_report(net: DeconvNet, *, title: str = "deconvnet run", images=None, i
         for j, name in enumerate(names):
             target = targets[j]
             zoom = _zoom_for(max(target.shape[1:]), 200)
-            cells = [f"<figure>{_img(png_bytes(signed_to_unit(target.numpy()), zoom=zoom, vmin=0, vmax=1), 'input')}"
+            cells = [f"<figure>{img_tag(png_bytes(signed_to_unit(target.numpy()), zoom=zoom, vmin=0, vmax=1), 'input')}"
                      f"<figcaption>{html.escape(name)}: input</figcaption></figure>"]
             snrs = []
             for i in range(1, net.n_layers + 1):
                 r = net.synthesize_down(maps[i - 1][j][None], i)[0].cpu()
                 snr = snr_db(target, r)
                 snrs.append(snr)
-                cells.append(f"<figure>{_img(png_bytes(signed_to_unit(r.numpy()), zoom=zoom, vmin=0, vmax=1), f'layer {i}')}"
+                cells.append(f"<figure>{img_tag(png_bytes(signed_to_unit(r.numpy()), zoom=zoom, vmin=0, vmax=1), f'layer {i}')}"
                              f"<figcaption>layer {i}: {snr:.2f} dB</figcaption></figure>")
             figures.append("<div>" + "".join(cells) + "</div>")
             rows.append(f"<tr><td class='l'>{html.escape(name)}</td>" + "".join(f"<td>{v:.2f}</td>" for v in snrs)
@@ -125,13 +126,13 @@ def build_report(net: DeconvNet, *, title: str = "deconvnet run", images=None, i
             rows = torch.cat([P[order][:, None], top.patches[order]], 1)  # (maps, 1 + n_top, C, S, S)
             grid = tile_filters(rows.flatten(0, 1), ncols=n_top + 1)
             zoom = max(2, min(6, 700 // max(grid.shape[:2])))
-            parts.append(f"<figure>{_img(png_bytes(grid, zoom=zoom, vmin=0, vmax=1), f'layer {i} top patches')}"
+            parts.append(f"<figure>{img_tag(png_bytes(grid, zoom=zoom, vmin=0, vmax=1), f'layer {i} top patches')}"
                          f"<figcaption>layer {i}: filter, then top {n_top} patches, for its {len(order)} most "
                          "active maps</figcaption></figure>")
 
     # ---- training curves
     if any(net.history_):
-        parts.append("<h2>Training</h2>" + _img(history_png(net.history_), "objective and sparsity per epoch"))
+        parts.append("<h2>Training</h2>" + img_tag(history_png(net.history_), "objective and sparsity per epoch"))
         parts.append("<p>Whether a layer learned: <i>active maps</i> (with a non-zero on some training image), "
                      "<i>SNR own input</i> (its maps against the inputs it explains), <i>SNR pixels</i> and "
                      "<i>held-out</i> (images rebuilt in layer 1's input space from this layer's maps alone, "

@@ -33,21 +33,12 @@ from .dataset import DEFAULT_EXCLUDE, check_class_counts, make_splits, network_i
 from .descriptors import POOLS, Descriptors, check_grid
 from .features import FEATURES, DNDescriptors, SiftDescriptors, network_digest
 from .protocol import SplitResult, evaluate_splits, summarize
+from .report import SHORT_TITLES, results_markdown, write_recognition_report
 
-__all__ = ["ProtocolConfig", "run_protocol", "PAPER_ROWS", "FEATURE_NAMES"]
+__all__ = ["ProtocolConfig", "run_protocol", "FEATURE_NAMES"]
 
 #: every feature the protocol offers: the DN ones and the dense-SIFT baseline.
 FEATURE_NAMES = tuple(FEATURES) + ("sift",)
-
-#: row titles of the results table.
-ROW_TITLES = {"dn1": "DN layer 1 (ours)", "dn2": "DN layer 2 (ours)", "dn12": "DN layers 1+2 (ours)",
-              "sift": "dense SIFT-style + SPM (ours, same pipeline)"}
-
-#: the paper's table (paper-notes 5.2, from memory there: VERIFY), for the Markdown output.
-PAPER_ROWS = (("DN layers 1+2 (paper, VERIFY)", "58.6 +- 0.7", "66.9 +- 1.1"),
-              ("Lazebnik et al. 2006, SIFT + SPM (VERIFY)", "56.4", "64.6 +- 0.8"),
-              ("Lee et al. 2009, conv. DBN layers 1+2 (VERIFY)", "57.7 +- 1.5", "65.4 +- 0.5"))
-
 
 @dataclass(frozen=True)
 class ProtocolConfig:
@@ -151,40 +142,40 @@ def _network(root: Path, out: Path, cfg: ProtocolConfig, paths: list[Path], *, d
     return net, time.perf_counter() - t0
 
 
-def _describe_all(cfg: ProtocolConfig, paths: list[Path], net, cache: Path, *, progress,
-                  batch_size: int = 1) -> tuple[dict, dict]:
-    """Descriptors of every image for every feature (values as float16, to halve the memory),
-    and the seconds spent per stage."""
-    out: dict[str, list[Descriptors]] = {f: [] for f in cfg.features}
-    seconds = {"maps": 0.0, "maps_computed": 0, "dn_descriptors": 0.0, "sift": 0.0}
+def _describe(cfg: ProtocolConfig, feature: str, paths: list[Path], net, cache: Path, seconds: dict, *, progress,
+              batch_size: int = 1) -> list[Descriptors]:
+    """Descriptors of every image for one feature (values as float16, to halve the memory);
+    the seconds spent are added to ``seconds``. DN maps come from the cache after the first
+    DN feature has computed them (the deepest layer the run needs is inferred then)."""
     opts = {"crop": cfg.crop, "patch": cfg.patch, "stride": cfg.stride}
-    if cfg.dn_features:
-        kinds = {f: DNDescriptors(net, f, pool=cfg.pool, **opts) for f in cfg.dn_features}
-        deepest = max(cfg.dn_features, key=lambda f: max(FEATURES[f]))
-        source = DNDescriptors(net, deepest, cache=cache, max_iter=cfg.infer_max_iter, batch_size=batch_size)
-        with _bar(progress, len(paths), "maps + DN descriptors") as bar:
-            for start in range(0, len(paths), batch_size):
-                t0 = time.perf_counter()
-                chunk = source.maps_many(paths[start:start + batch_size])
-                t1 = time.perf_counter()
-                seconds["maps"] += t1 - t0
-                seconds["maps_computed"] += sum(int(computed) for _, computed in chunk)
-                for maps, _ in chunk:
-                    for f, kind in kinds.items():
-                        d = kind.describe(maps)
-                        out[f].append(Descriptors(d.values.astype(np.float16), d.positions))
-                seconds["dn_descriptors"] += time.perf_counter() - t1
-                bar.update(len(chunk))
-    if "sift" in cfg.features:
+    out: list[Descriptors] = []
+    if feature == "sift":
         sift = SiftDescriptors(cfg.max_side, **opts)
         t0 = time.perf_counter()
         with _bar(progress, len(paths), "SIFT descriptors") as bar:
             for p in paths:
                 d = sift.transform([p])[0]
-                out["sift"].append(Descriptors(d.values.astype(np.float16), d.positions))
+                out.append(Descriptors(d.values.astype(np.float16), d.positions))
                 bar.update()
-        seconds["sift"] = time.perf_counter() - t0
-    return out, seconds
+        seconds["sift"] += time.perf_counter() - t0
+        return out
+    kind = DNDescriptors(net, feature, pool=cfg.pool, **opts)
+    deepest = max(cfg.dn_features, key=lambda f: max(FEATURES[f]))
+    source = DNDescriptors(net, deepest, cache=cache, max_iter=cfg.infer_max_iter, batch_size=batch_size)
+    with _bar(progress, len(paths), f"maps + {feature} descriptors") as bar:
+        for start in range(0, len(paths), batch_size):
+            t0 = time.perf_counter()
+            chunk = source.maps_many(paths[start:start + batch_size])
+            t1 = time.perf_counter()
+            computed = sum(int(c) for _, c in chunk)
+            seconds["maps_computed"] += computed
+            seconds["maps" if computed else "maps_from_cache"] += t1 - t0
+            for maps, _ in chunk:
+                d = kind.describe(maps)
+                out.append(Descriptors(d.values.astype(np.float16), d.positions))
+            seconds["dn_descriptors"] += time.perf_counter() - t1
+            bar.update(len(chunk))
+    return out
 
 
 def run_protocol(root, out, cfg: ProtocolConfig | None = None, *, device="cpu", batch_size: int | None = None,
@@ -224,28 +215,31 @@ def run_protocol(root, out, cfg: ProtocolConfig | None = None, *, device="cpu", 
         digest = network_digest(net)
     index = {int(i): k for k, i in enumerate(used)}  # dataset index -> row of the descriptor lists
     batch = batch_size if batch_size is not None else (16 if str(device).startswith("cuda") else 1)
-    descriptors, seconds = _describe_all(cfg, [data.paths[i] for i in used], net, out / "cache", progress=progress,
-                                         batch_size=batch)
+    used_paths = [data.paths[i] for i in used]
+    seconds = {"maps": 0.0, "maps_from_cache": 0.0, "maps_computed": 0, "dn_descriptors": 0.0, "sift": 0.0}
 
     results: dict = {}
     classify_seconds = 0.0
-    n_jobs = len(cfg.features) * len(splits) * cfg.n_splits
-    with _bar(progress, n_jobs, "splits") as bar:
-        for f in cfg.features:
-            dn_key = {"network": digest, "pool": cfg.pool, "iters": cfg.infer_max_iter} if f != "sift" else {}
-            key = _digest({"feature": f, **dn_key,
-                           "crop": cfg.crop, "patch": cfg.patch, "stride": cfg.stride, "max_side": cfg.max_side,
-                           **cfg.classifier_settings()})
+    for f in cfg.features:  # one feature's descriptors in memory at a time
+        dn_key = {"network": digest, "pool": cfg.pool, "iters": cfg.infer_max_iter} if f != "sift" else {}
+        key = _digest({"feature": f, **dn_key, "crop": cfg.crop, "patch": cfg.patch, "stride": cfg.stride,
+                       "max_side": cfg.max_side, **cfg.classifier_settings()})
+        done = {(n, i): _load_split(out / "splits" / f"{f}-{n}-{i}.json", key, split)
+                for n, ss in splits.items() for i, split in enumerate(ss)}
+        descriptors = None
+        if any(r is None for r in done.values()):
+            descriptors = _describe(cfg, f, used_paths, net, out / "cache", seconds, progress=progress,
+                                    batch_size=batch)
+        with _bar(progress, len(done), f"{f} splits") as bar:
             for n, ss in splits.items():
                 rows = []
                 for i, split in enumerate(ss):
-                    path = out / "splits" / f"{f}-{n}-{i}.json"
-                    res = _load_split(path, key, split)
+                    res = done[(n, i)]
                     if res is None:
-                        local = replace_split(split, index)
-                        res = evaluate_splits(descriptors[f], data.labels[used], [local], len(data.classes),
-                                              **cfg.classifier_settings())[0]
+                        res = evaluate_splits(descriptors, data.labels[used], [replace_split(split, index)],
+                                              len(data.classes), **cfg.classifier_settings())[0]
                         classify_seconds += res.seconds
+                        path = out / "splits" / f"{f}-{n}-{i}.json"
                         path.parent.mkdir(parents=True, exist_ok=True)
                         atomic_write_text(path, json.dumps({"key": key, "train": split.train.tolist(),
                                                             "test": split.test.tolist(), **res.to_dict()}))
@@ -265,7 +259,9 @@ def run_protocol(root, out, cfg: ProtocolConfig | None = None, *, device="cpu", 
         "network_training_seconds": train_seconds,
         "maps_seconds": seconds["maps"], "maps_computed": seconds["maps_computed"],
         "maps_seconds_per_computed_image": seconds["maps"] / max(1, seconds["maps_computed"]),
-        "dn_descriptor_seconds_per_image": seconds["dn_descriptors"] / max(1, n_used) if cfg.dn_features else None,
+        "maps_from_cache_seconds": seconds["maps_from_cache"],
+        "dn_descriptor_seconds_per_image_and_feature":
+            seconds["dn_descriptors"] / max(1, n_used * len(cfg.dn_features)) if cfg.dn_features else None,
         "sift_seconds_per_image": seconds["sift"] / max(1, n_used) if "sift" in cfg.features else None,
         "classification_seconds": classify_seconds,
         "images": n_used,
@@ -279,10 +275,8 @@ def run_protocol(root, out, cfg: ProtocolConfig | None = None, *, device="cpu", 
 
     largest = str(max(splits))
     figure = confusion_png([np.asarray(results[f][largest]["confusion"]) for f in cfg.features],
-                           [f"{ROW_TITLES[f]}, {largest} train/class" for f in cfg.features], data.classes)
+                           [f"{SHORT_TITLES[f]}, {largest} train/class" for f in cfg.features], data.classes)
     atomic_write_bytes(out / "confusion.png", figure)
-    from .report import write_recognition_report  # noqa: PLC0415
-
     write_recognition_report(out, doc, figure)
     return doc
 
@@ -325,26 +319,3 @@ def _environment(device) -> dict:
     return {"deconvnet": __version__, "torch": torch.__version__, "cpu": cpu,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
             "device": str(device)}
-
-
-def results_markdown(doc: dict) -> str:
-    """The table in the shape of the paper's: a row per feature, a column per training count
-    (mean +- std of the mean per-class accuracy over the splits, in %), then the paper's rows."""
-    counts = sorted({int(n) for r in doc["results"].values() for n in r})
-    head = "| method | " + " | ".join(f"{n} train" for n in counts) + " |"
-    lines = [head, "|---|" + "---|" * len(counts)]
-    for f, per_n in doc["results"].items():
-        cells = [f"{100 * per_n[str(n)]['mean']:.1f} +- {100 * per_n[str(n)]['std']:.1f}" if str(n) in per_n else "-"
-                 for n in counts]
-        lines.append(f"| {ROW_TITLES.get(f, f)} | " + " | ".join(cells) + " |")
-    if counts == [15, 30]:
-        for title, a, b in PAPER_ROWS:
-            lines.append(f"| {title} | {a} | {b} |")
-    s = doc["settings"]
-    t = doc["timing"]
-    lines += ["", f"{len(doc['classes'])} classes, {s['n_splits']} splits, up to {s['n_test']} test images per class; "
-              f"mean per-class accuracy (%), mean +- std over splits. Paper rows: on the full Caltech-101, as "
-              f"recalled in paper-notes 5.2 (VERIFY).",
-              f"Run time {t['total_seconds']:.0f} s on {doc['environment']['cpu']} "
-              f"({doc['environment']['threads']} threads, device {doc['environment']['device']})."]
-    return "\n".join(lines) + "\n"
