@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,14 +51,8 @@ def parse(ap, *, device: bool = True, json: bool = True):
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (:func:`deconvnet.runtime.cpu_model`)."""
+    return dn.runtime.cpu_model()
 
 
 def environment(device: str = "cpu") -> dict:

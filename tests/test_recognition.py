@@ -436,3 +436,20 @@ def test_inference_caps_and_batches(protocol_run):
         layer.transform(Y, max_iter=0)
     with pytest.raises(ValueError, match="2 values for 1 layers"):
         net.infer_prepared([Y[:1]], 1, max_iter=(3, 3))
+
+
+def test_the_network_digest_is_computed_once_per_transformer(protocol_run, tmp_path, monkeypatch):
+    import deconvnet.recognition.features as features
+    from deconvnet import DeconvNet
+
+    root, out, *_ = protocol_run
+    net = DeconvNet.load(out / "network")
+    calls = []
+    real = features.network_digest
+    monkeypatch.setattr(features, "network_digest", lambda n: calls.append(1) or real(n))
+    d = DNDescriptors(net, "dn1", cache=tmp_path)
+    d.maps(read_class_folders(root).paths[:3])
+    assert len(calls) == 1
+    d.set_params(cache=tmp_path / "other")
+    d.maps(read_class_folders(root).paths[:1])
+    assert len(calls) == 2 and (tmp_path / "other").is_dir()

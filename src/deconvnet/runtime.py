@@ -42,10 +42,11 @@ import ctypes.util
 import os
 import platform
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
-__all__ = ["configure", "flush_denormals", "tune_allocator", "allocator_tuned"]
+__all__ = ["configure", "flush_denormals", "tune_allocator", "allocator_tuned", "cpu_model"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _TRIM_BYTES = 1 << 30
@@ -92,3 +93,15 @@ def flush_denormals(on: bool = True) -> Iterator[None]:
         _depth[0] -= 1
         if _depth[0] == 0:
             torch.set_flush_denormal(False)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` says; recorded
+    with every timing, since figures from one CPU do not hold on another."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -302,20 +302,11 @@ def _load_split(path: Path, key: str, split) -> SplitResult | None:
 
 
 def _environment(device) -> dict:
-    import platform  # noqa: PLC0415
-
     import torch  # noqa: PLC0415
 
     from .. import __version__  # noqa: PLC0415
+    from ..runtime import cpu_model  # noqa: PLC0415
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"deconvnet": __version__, "torch": torch.__version__, "cpu": cpu,
+    return {"deconvnet": __version__, "torch": torch.__version__, "cpu": cpu_model(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
             "device": str(device)}

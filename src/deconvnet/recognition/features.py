@@ -158,6 +158,16 @@ class DNDescriptors(TransformerMixin, BaseEstimator):
                 self.progress(len(out), len(items))
         return out
 
+    def _map_cache(self) -> MapCache | None:
+        """The :class:`MapCache` of ``cache`` and ``net``, made once (the network's digest hashes
+        every filter) and again only when either is replaced."""
+        if self.cache is None:
+            return None
+        made = getattr(self, "_cache_for", None)
+        if made is None or made[0] is not self.net or made[1] != self.cache:
+            self._cache_for = (self.net, self.cache, MapCache(self.cache, self.net))
+        return self._cache_for[2]
+
     def maps_one(self, item) -> tuple[list[torch.Tensor], bool]:
         """The maps of one image (see :meth:`maps`) and whether they were computed (not cached)."""
         return self.maps_many([item])[0]
@@ -168,7 +178,7 @@ class DNDescriptors(TransformerMixin, BaseEstimator):
         self._check()
         net, upto = self.net, max(FEATURES[self.features])
         caps = None if self.max_iter is None else tuple(self.max_iter)[:upto]
-        cache = MapCache(self.cache, net) if self.cache is not None else None
+        cache = self._map_cache()
         out: list = [None] * len(items)
         todo = []
         for i, item in enumerate(items):

@@ -64,8 +64,7 @@ def intersection_kernel(A, B) -> np.ndarray:
     Pyramid vectors are sparse (an image's few hundred descriptors fill a few hundred of the
     ``n_words * 21`` bins) and :math:`\min(0, b) = 0`, so each dimension ``d`` adds the outer
     minimum of only the rows of ``A`` and ``B`` that are non-zero there: the cost is
-    :math:`\sum_d nnz_A(d)\, nnz_B(d)` instead of :math:`n m D` (about 20x less for 200 words
-    and 3 levels), and the result is exact."""
+    :math:`\sum_d nnz_A(d)\, nnz_B(d)` instead of :math:`n m D`, and the result is exact."""
     A, B = np.asarray(A, dtype=np.float64), np.asarray(B, dtype=np.float64)
     if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
         raise ValueError(f"intersection_kernel needs (n, D) and (m, D) arrays, got {A.shape} and {B.shape}")
