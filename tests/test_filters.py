@@ -271,7 +271,7 @@ def test_normal_equations_match_the_dense_least_squares_problem(boundary, use_g)
 def test_exact_update_recovers_planted_filters_in_one_step_and_keeps_dead_maps(boundary):
     f_true, f, z, y = _planted(13, K=3, boundary=boundary)
     out = deconvnet.update_filters(to_t(y), to_t(z), to_t(f), method="exact", boundary=boundary)
-    np.testing.assert_allclose(to_np(out), f_true, atol=1e-4)  # filters.EXACT_TOL, relative
+    np.testing.assert_allclose(to_np(out), f_true, atol=1e-4)  # update_filters solves to tol=1e-6 (relative)
     z_dead = z.copy()
     z_dead[:, 1] = 0.0  # map 1 never fires: its planes stay as they were
     y_dead = ref_synthesize(z_dead, f_true, None, boundary)

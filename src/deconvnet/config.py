@@ -51,7 +51,7 @@ from typing import Any
 from .connectivity import CONNECTIVITIES, n_maps_for
 
 __all__ = ["ConfigError", "LayerConfig", "NetConfig", "PRESETS", "preset", "apply_overrides", "load_config",
-           "METHODS", "FILTER_METHODS", "FILTER_EVERY", "BOUNDARIES", "COLORS", "SCALINGS", "DTYPES", "PREPROCESSING",
+           "METHODS", "FILTER_METHODS", "FILTER_EVERY", "FILTER_INITS", "BOUNDARIES", "COLORS", "SCALINGS", "DTYPES", "PREPROCESSING",
            "method_allowed"]
 
 # The allowed values of every setting, declared here only; the implementations import them.
@@ -59,6 +59,8 @@ __all__ = ["ConfigError", "LayerConfig", "NetConfig", "PRESETS", "preset", "appl
 METHODS = ("continuation", "fista", "admm")
 #: filter updates, :mod:`deconvnet.filters`.
 FILTER_METHODS = ("cg", "gradient", "fista", "exact")
+#: how the initial filters are drawn, :func:`deconvnet.filters.init_filters`.
+FILTER_INITS = ("randn", "highpass")
 #: when the filters are updated, :func:`deconvnet.train.train_layer`.
 FILTER_EVERY = ("batch", "epoch", "online")
 #: boundaries of the synthesis, :mod:`deconvnet.ops`.
@@ -136,6 +138,9 @@ class LayerConfig:
     needs ``filter_method="exact"``) or ``"online"`` (after every batch, solve the equations of
     about the last epoch's images: the running sum decays by ``1 - B/N`` per batch of ``B`` of
     the ``N`` images, as in Mairal et al.'s online dictionary learning; needs ``"exact"``).
+    ``filter_init``: how the random initial filters are drawn (:func:`deconvnet.filters.init_filters`):
+    ``"randn"`` (i.i.d. normal, the toolbox) or ``"highpass"`` (the same draws with their low
+    frequencies removed).
     """
 
     n_maps: int
@@ -156,6 +161,7 @@ class LayerConfig:
     n_cg: int = 2
     density: float | None = None
     filter_every: str = "batch"
+    filter_init: str = "randn"
 
     def __post_init__(self):
         for name in ("lam", "p", "tol", "beta0", "beta_inc"):  # JSON may write 1 for 1.0
@@ -194,6 +200,7 @@ class LayerConfig:
                 _fail(w + "density", self.density, "only with p=1 (for p < 1, z = 0 is always a local "
                       "minimiser and the non-zero fraction need not grow with lam); use lam, or p=1")
         _choice(w + "filter_every", self.filter_every, FILTER_EVERY)
+        _choice(w + "filter_init", self.filter_init, FILTER_INITS)
         if self.filter_every != "batch" and self.filter_method != "exact":
             _fail(w + "filter_every", self.filter_every, f"{self.filter_every!r} needs filter_method='exact' (the "
                   f"only update whose statistics add over batches), not {self.filter_method!r}")

@@ -123,7 +123,7 @@ class LayerSpec:
     def initial_filters(self) -> torch.Tensor:
         """The random unit-norm filters training starts from, drawn from ``seed``."""
         return init_filters(self.n_maps, self.in_channels, self.filter_size, self.g, seed=self.seed,
-                            dtype=self.dtype, device=self.device)
+                            dtype=self.dtype, device=self.device, kind=self.config.filter_init)
 
     def with_lam(self, lam: float | None) -> LayerSpec:
         """This spec with ``config.lam = lam`` (e.g. the calibrated weight); itself for ``None``."""
@@ -391,17 +391,21 @@ DENSITY_SLOPE, DENSITY_GAIN = 2.0, 0.5
 def lam_step(lam: float, measured: float, density: float) -> float:
     r"""``lam`` after a batch whose maps have the non-zero fraction ``measured``:
 
-    .. math:: \log\lambda' = \log\lambda + g\,(\log d^* - \log d) / \sigma
+    .. math:: \log\lambda' = \log\lambda + g\,(1 - d / d^*) / \sigma
 
     (gain ``g`` and slope :math:`\sigma`: :data:`DENSITY_GAIN`, :data:`DENSITY_SLOPE`), at
     most a factor :data:`MAX_LAM_STEP` either way; a batch with no non-zero takes the largest
     step up. A damped stochastic-approximation step: one batch's density varies with its
-    images, so each batch moves ``lam`` a part of the way, and the average density over an
-    epoch settles at the target; within an epoch of ``filter_every="epoch"`` the filters are
-    fixed, so the relation it corrects does not move under it."""
+    images, so each batch moves ``lam`` a part of the way. Its fixed point is the ``lam`` at
+    which the *mean* density of the batches is the target, which is what an epoch's
+    non-zero fraction measures; near the target it is the step
+    :math:`g(\log d^* - \log d)/\sigma` of a log-linear law, whose fixed point is the
+    geometric mean instead (above the target by half the variance of :math:`\log d`: 3-8%
+    on fruit with one image per batch). Within an epoch of ``filter_every="epoch"`` the
+    filters are fixed, so the relation it corrects does not move under it."""
     if measured <= 0:
         return lam * MAX_LAM_STEP
-    step = math.exp(DENSITY_GAIN * (math.log(density) - math.log(measured)) / DENSITY_SLOPE)
+    step = math.exp(DENSITY_GAIN * (1.0 - measured / density) / DENSITY_SLOPE)
     return lam * min(max(step, 1.0 / MAX_LAM_STEP), MAX_LAM_STEP)
 
 
