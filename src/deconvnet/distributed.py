@@ -58,11 +58,13 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import re
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["Group", "ProcessGroup", "LOCAL", "RankFailure", "init", "launched", "TIMEOUT_SECONDS"]
+__all__ = ["Group", "ProcessGroup", "LOCAL", "RankFailure", "Terminated", "init", "launched", "launch", "device_for",
+           "TIMEOUT_SECONDS"]
 
 #: seconds a collective waits for the other ranks before the job stops (a hung rank); the
 #: longest time between two collectives of a run is the calibration of ``lam`` on rank 0 and a
@@ -72,6 +74,11 @@ TIMEOUT_SECONDS = 600.0
 
 class RankFailure(RuntimeError):
     """Another process of the job stopped (or stopped answering) during a collective."""
+
+
+class Terminated(BaseException):
+    """This process was asked to stop (SIGTERM: ``torchrun`` stops every worker when one
+    fails). A ``BaseException``, so that no ``except Exception`` on the way swallows it."""
 
 
 class Group:
@@ -192,6 +199,7 @@ class ProcessGroup(Group):
     def _lost(self, what: str, err: BaseException) -> str:
         others = "rank " + str(1 - self.rank) if self.size == 2 else "another rank (torchrun's report names it)"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", reason)  # gloo's "[.../pair.cc:553] " source location
         timed_out = "timed out" in reason.lower() or "timeout" in reason.lower()
         return (f"rank {self.rank}: {others} {'stopped answering' if timed_out else 'stopped'} during {what} "
                 f"({reason[:160]})")
@@ -274,8 +282,72 @@ def init(device="cpu") -> Group:
 
 
 def device_for(device) -> torch.device:
-    """``device`` for this process: ``cuda`` becomes ``cuda:LOCAL_RANK`` under ``torchrun``."""
+    """``device`` for this process: any CUDA device becomes ``cuda:LOCAL_RANK`` under
+    ``torchrun`` (one GPU per process)."""
     device = torch.device(device)
-    if device.type == "cuda" and device.index is None and launched():
+    if device.type == "cuda" and launched():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` in this process (its atomic writes then clean up
+    their temporary files, and the command ends with one line instead of dying silently)."""
+    import signal  # noqa: PLC0415
+
+    def handler(signum, frame):
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+#: set in the workers of :func:`launch`, which says itself which rank failed.
+LAUNCHER_ENV = "DECONVNET_LAUNCHER"
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """Run ``python -m deconvnet *argv`` as ``nproc`` processes on this machine, as
+    ``torchrun --standalone --nproc_per_node nproc -m deconvnet *argv`` does (torch's own
+    elastic agent, a local rendezvous on a free port), and wait for them; returns 0.
+
+    Each process gets ``OMP_NUM_THREADS`` = CPU cores / ``nproc`` unless it is set. When a
+    process fails, the agent stops the others; a process that ended with a deconvnet error
+    has printed it (status 2 is returned), and one killed by a signal is named by a
+    :class:`RankFailure`, in place of torchrun's multi-line report.
+    """
+    import logging  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import uuid  # noqa: PLC0415
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: PLC0415
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch  # noqa: PLC0415
+
+    for name in list(logging.Logger.manager.loggerDict):  # the agent's own log lines
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", LAUNCHER_ENV)}
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ[LAUNCHER_ENV] = "1"
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
+    try:
+        elastic_launch(config, sys.executable)("-m", "deconvnet", *argv)
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        if failure.exitcode > 0:
+            return failure.exitcode  # a deconvnet error, printed by that process
+        how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else "stopped"
+        raise RankFailure(f"rank {rank} (pid {failure.pid}) {how}; the other {nproc - 1} process(es) were "
+                          "stopped") from None
+    finally:
+        for k, v in saved.items():  # the workers' environment, not this process's
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return 0
+
+
+def restarted() -> bool:
+    """Whether ``torchrun --max-restarts`` restarted this job after a failure."""
+    return launched() and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
