@@ -662,9 +662,18 @@ def _say_error(err: BaseException, group) -> None:
 
 def main(argv=None) -> int:
     """Entry point of the ``deconvnet`` command; returns the exit status."""
+    from .distributed import Terminated  # noqa: PLC0415
+
+    try:
+        return _main(argv)
+    except Terminated:  # SIGTERM while an error was being reported: that report stands
+        return 143
+
+
+def _main(argv=None) -> int:
     import os  # noqa: PLC0415
 
-    from .distributed import LAUNCHER_ENV, LOCAL, RankFailure, Terminated, launch, launched  # noqa: PLC0415
+    from .distributed import LAUNCHER_ENV, LOCAL, RankFailure, Terminated, default_sigterm, launch, launched  # noqa: PLC0415
     from .runtime import configure  # noqa: PLC0415
 
     ap = _parser()
@@ -693,6 +702,7 @@ def main(argv=None) -> int:
         _say_error(err, group)
         return 2
     finally:
+        default_sigterm()
         group.close()
 
 

@@ -296,9 +296,19 @@ def stop_on_sigterm() -> None:
     import signal  # noqa: PLC0415
 
     def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once: a second one ends the process at once
         raise Terminated
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def default_sigterm() -> None:
+    """Undo :func:`stop_on_sigterm` (when the command is over: a SIGTERM while the interpreter
+    shuts down then ends it quietly instead of raising in an exit handler)."""
+    import signal  # noqa: PLC0415
+
+    if launched():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 #: set in the workers of :func:`launch`, which says itself which rank failed.
