@@ -330,6 +330,7 @@ def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: L
     the images of each batch it owns (``group.mine``), reads ``inputs[i]`` and ``maps`` only
     for those, and every batch statistic is summed over the group, so the filters are those of
     one process with the same batches. Default: one process.
+
     ``evaluate(state, maps)``: called at every epoch end, after the filter update, with the
     epoch's maps in ``maps``; returns further :class:`EpochRecord` fields (e.g.
     ``pixel_snr_db``) for the epoch's record.
