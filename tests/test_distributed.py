@@ -351,3 +351,30 @@ def test_caltech_in_two_processes_gives_the_results_of_one(tmp_path):
 
     a, b = (json.loads((tmp_path / d / "results.json").read_text())["results"] for d in ("one", "two"))
     assert a["dn1"]["4"]["splits"] == b["dn1"]["4"]["splits"]
+
+
+@pytest.mark.parametrize("value,expect", [(None, 600.0), ("30", 30.0), ("0.5", 0.5), ("0", None), ("soon", None),
+                                          ("-3", None), ("nan", None)])
+def test_the_collective_timeout_comes_from_the_environment(monkeypatch, value, expect):
+    from deconvnet.distributed import timeout_seconds
+
+    if value is None:
+        monkeypatch.delenv("DECONVNET_DIST_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("DECONVNET_DIST_TIMEOUT", value)
+    if expect is None:
+        with pytest.raises(ValueError, match="DECONVNET_DIST_TIMEOUT=.*give a number of seconds > 0"):
+            timeout_seconds()
+    else:
+        assert timeout_seconds() == expect
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["train", "d", "--nproc", "2", "--quiet"], ["train", "d", "--quiet"]),
+    (["train", "--nproc=3", "d"], ["train", "d"]),
+    (["infer", "m", "x.png", "--out", "o"], ["infer", "m", "x.png", "--out", "o"]),
+])
+def test_the_launcher_runs_the_command_without_its_nproc(argv, expect):
+    from deconvnet.cli import _without_nproc
+
+    assert _without_nproc(argv) == expect
