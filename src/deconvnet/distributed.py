@@ -50,7 +50,9 @@ rank's at each epoch end (:meth:`Group.agree`); they are equal by construction, 
 **Failure.** A collective that fails because another process died, or that waits longer than
 the group's timeout (:data:`TIMEOUT_SECONDS`, or ``DECONVNET_DIST_TIMEOUT`` seconds), raises
 :class:`RankFailure` with one line; ``torchrun`` also stops every other worker as soon as one
-exits with an error and names it in its report.
+exits with an error (SIGTERM, :class:`Terminated`) and names it in its report. :func:`launch`
+(``deconvnet ... --nproc N``) runs torch's elastic agent in this process, as
+``torchrun --standalone`` does, and replaces that report with one line naming the rank.
 """
 
 from __future__ import annotations
