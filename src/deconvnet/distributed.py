@@ -275,6 +275,10 @@ def init(device="cpu") -> Group:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.device(device).type == "cuda"
     if cuda:
+        n = torch.cuda.device_count()
+        if local_rank >= n:
+            raise ValueError(f"rank {rank}: there is no GPU cuda:{local_rank} (this machine has {n}); start at most "
+                             f"{n} process(es) per machine with --device cuda")
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo",
