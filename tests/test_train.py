@@ -142,21 +142,28 @@ def test_deconvnet_train_into_a_log_writes_one_progress_line_per_epoch_per_layer
 
 
 def test_summed_statistics_of_two_identical_processes_give_the_same_filters():
-    """``reduce`` sees every batch sum of the filter update; doubling them all (two processes
+    """``group.sum`` sees every batch sum of the filter update; doubling them all (two processes
     holding the same images) leaves the CG update unchanged: powers of two are exact."""
+    from deconvnet.distributed import Group
+
     spec = layer_spec(method="fista", n_epochs=2)
     X, shapes = inputs(n=4)
     one = train_layer(X, shapes, spec, store(spec, X, shapes)).filters
     calls = {"n": 0}
 
-    def twice(t):
-        calls["n"] += 1
-        return 2 * t
+    class Twice(Group):
+        def sum(self, t):
+            calls["n"] += 1
+            return 2 * t
 
-    two = train_layer(X, shapes, spec, store(spec, X, shapes), reduce=twice).filters
-    assert calls["n"] > 0 and torch.equal(one, two)
-    shifted = train_layer(X, shapes, spec, store(spec, X, shapes), reduce=lambda t: t + 1.0).filters
-    assert (one - shifted).abs().max() > 1e-3  # what reduce returns is what the update uses
+    class Shifted(Group):  # the filter gradients and norms shifted, the batch totals (1-D) kept
+        def sum(self, t):
+            return t if t.ndim == 1 else t + 1.0
+
+    two = train_layer(X, shapes, spec, store(spec, X, shapes), group=Twice())
+    assert calls["n"] > 0 and torch.equal(one, two.filters)
+    shifted = train_layer(X, shapes, spec, store(spec, X, shapes), group=Shifted()).filters
+    assert (one - shifted).abs().max() > 1e-3  # what the group's sum returns is what the update uses
 
 
 def test_the_solver_gets_the_options_of_the_spec_unchanged(monkeypatch):

@@ -37,7 +37,7 @@ from .network import DeconvNet, snr_db
 from .ops import ConvOperator, MapOperator, filter_gradient, synthesize, synthesize_adjoint
 from .images import ImageReadError, ImageSet, read_folder, read_images
 from .sparsity import Calibration, lam_for_density, lam_zero
-from . import paths, runtime
+from . import distributed, paths, runtime
 
 __all__ = [
     "ConfigError",
@@ -76,6 +76,7 @@ __all__ = [
     "Calibration",
     "lam_for_density",
     "lam_zero",
+    "distributed",
     "paths",
     "runtime",
 ]

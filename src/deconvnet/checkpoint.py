@@ -23,7 +23,15 @@ JSON document is written from them and read back into them, never handled as a f
 while a layer trains.
 
 State is written after the batch in which ``every`` seconds have passed since the last
-write, at the end of every epoch and at the end of every layer. Training resumed from a
+write, at the end of every epoch and at the end of every layer.
+
+**Several processes** (``group``, :mod:`deconvnet.distributed`; the folder must be on a
+filesystem they all see, as a run folder on one machine is). Each process writes and flushes
+the map files of the images it owns; rank 0 decides when a state is due (for all), and
+writes the state once every process has flushed its files (the versions of all images
+merged: each image's newest one, from its owner); then each process deletes the old map files
+of its own images. On resume every process reads the same state and loads the maps of the
+images it owns now, so the number of processes may change between sessions. Training resumed from a
 state continues with exactly the numbers an uninterrupted run would have had at that point
 (filters, maps, image order, generator), so on the same device and thread count it ends
 with the same filters.
@@ -44,6 +52,7 @@ import numpy as np
 import torch
 
 from ._files import atomic_write_bytes
+from .distributed import LOCAL, Group
 from .filters import NormalEquations
 from .mapstore import MapSequence, MapStore
 from .train import EpochRecord, EpochSums, LayerFit, TrainHooks, TrainState
@@ -183,16 +192,18 @@ class Checkpoint:
         folder: where the state and the maps go (created when first written).
         every: seconds between state writes inside an epoch (epoch and layer ends always
             write one); 0 writes after every batch.
+        group: the processes training together (default: this one); see the module docstring.
 
     Attributes:
         run: the :class:`RunState` (after :meth:`open`).
         filters: the filters of the finished layers, ``{layer: (K, C, s, s)}`` (1-based).
     """
 
-    def __init__(self, folder, every: float = 120.0):
+    def __init__(self, folder, every: float = 120.0, group: Group = LOCAL):
         if isinstance(every, bool) or not isinstance(every, (int, float)) or not every >= 0:
             raise ValueError(f"checkpoint_every={every!r} must be a number of seconds >= 0")
         self.folder = Path(folder)
+        self.group = group
         self.every = float(every)
         self.run = RunState("")
         self.filters: dict[int, torch.Tensor] = {}
@@ -258,16 +269,34 @@ class Checkpoint:
             self.filters = {i: tensors[f"layer{i}.filters"] for i in range(1, len(self.run.finished) + 1)}
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
             raise CheckpointError(f"{self.path}: damaged checkpoint state ({type(err).__name__}: {err})") from None
-        self._prune()
+        if self.group.is_main:
+            self._prune()
+        self.group.barrier()  # no process writes map files before the stale ones are gone
         return self.run
 
     def due(self) -> bool:
-        """Whether ``every`` seconds have passed since the last state was written."""
-        return time.monotonic() - self._last_write >= self.every
+        """Whether ``every`` seconds have passed since the last state was written (rank 0's
+        clock decides for every process)."""
+        return self.group.decide(time.monotonic() - self._last_write >= self.every)
 
     def write(self) -> None:
         """Write the state (filters, position, which maps are current) atomically, after the
-        map files it names are on disk; then delete the map files it does not name."""
+        map files it names are on disk; then delete the map files it does not name. With
+        several processes every one calls this at the same point (see the module docstring)."""
+        group = self.group
+        if group.size > 1:
+            self._sync_maps()  # this process's files, before the state (rank 0's) names them
+            for versions in self.run.maps.values():  # each image's newest version, from its owner
+                versions[:] = [int(v) for v in group.max(torch.tensor(versions, dtype=torch.int64)).tolist()]
+            if group.is_main:
+                self._write_state()
+            group.barrier()  # the new state is on disk before any old map file goes
+            self._prune(own_only=True)
+            return
+        self._write_state()
+        self._prune()
+
+    def _write_state(self) -> None:
         doc, tensors = self.run.to_document()
         tensors.update({f"layer{i}.filters": f for i, f in self.filters.items()})
         for name, t in tensors.items():
@@ -281,7 +310,6 @@ class Checkpoint:
         blob = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=meta)
         atomic_write_bytes(self.path, blob)
         self._last_write = time.monotonic()
-        self._prune()
 
     def _sync_maps(self) -> None:
         """``fsync`` the map files written since the last state, then their folders (for the
@@ -294,8 +322,9 @@ class Checkpoint:
             _fsync(d, errors_ok=True)
         self._unsynced = []
 
-    def _prune(self) -> None:
-        """Delete map files no state names (older versions, or newer ones from after a crash)."""
+    def _prune(self, own_only: bool = False) -> None:
+        """Delete map files no state names (older versions, or newer ones from after a crash);
+        ``own_only``: only those of the images this process owns."""
         keep = set()
         for layer, versions in self.run.maps.items():
             for i, epoch in enumerate(versions):
@@ -306,8 +335,14 @@ class Checkpoint:
             return
         for d in root.iterdir():
             for p in d.iterdir():
-                if p not in keep:
+                if p not in keep and (not own_only or self._owns_file(p)):
                     p.unlink(missing_ok=True)
+
+    def _owns_file(self, p: Path) -> bool:
+        """Whether ``p`` is a map file (``{i}.e{epoch}.npy``) of an image this process owns
+        (not a temporary file another process is writing)."""
+        head = p.name.split(".", 1)[0]
+        return p.suffix == ".npy" and head.isdigit() and self.group.owns(int(head))
 
     def remove(self) -> None:
         """Delete the whole checkpoint folder (after the model is saved)."""
@@ -328,7 +363,7 @@ class Checkpoint:
             store.close()
             return CheckpointMaps(self, layer, versions, store.device, store.dtype)
         for i, e in enumerate(versions):
-            if e:
+            if e and self.group.owns(i):
                 store.set(i, self.load_map(layer, i, e, store.device, store.dtype))
         return store
 

@@ -14,6 +14,10 @@ Commands (``deconvnet COMMAND --help`` for each):
   the paper's recognition protocol (:mod:`deconvnet.recognition.experiment`), resumable
 
 ``MODEL`` is a run folder or a model file. Errors are one line on stderr and exit status 2.
+
+``train``, ``infer`` and ``caltech`` also run as several processes
+(:mod:`deconvnet.distributed`): under ``torchrun ... -m deconvnet COMMAND ...``, or with
+``--nproc N`` on one machine. Rank 0 prints and writes the shared files.
 """
 
 from __future__ import annotations
@@ -37,11 +41,17 @@ class UserError(Exception):
 def _device(name: str):
     import torch  # noqa: PLC0415
 
+    from .distributed import device_for  # noqa: PLC0415
+
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available to torch here (use --device cpu or auto)")
-    return name
+    return str(device_for(name))  # under torchrun, each process its own GPU
+
+
+def _quiet(*args, **kwargs) -> None:
+    """``say`` of the processes other than rank 0."""
 
 
 def _load(model, device="cpu"):
@@ -65,14 +75,23 @@ def _out_dir(out) -> Path:
     return out
 
 
-def _image_files(items: list[str]) -> list[Path]:
+def _image_files(items: list[str], folders: bool = False) -> list[Path]:
+    """The files ``items`` names; with ``folders``, a folder stands for its image files."""
+    from .images import list_images  # noqa: PLC0415
+
     paths = []
     for item in items:
         p = Path(item)
         if not p.exists():
             raise UserError(f"{item}: no such file")
         if p.is_dir():
-            raise UserError(f"{item} is a folder; give image files")
+            if not folders:
+                raise UserError(f"{item} is a folder; give image files")
+            try:
+                paths.extend(list_images(p))
+            except ValueError as err:
+                raise UserError(str(err)) from None
+            continue
         paths.append(p)
     return paths
 
@@ -120,54 +139,76 @@ def _config(args):
 
 
 def train_run(images_dir, out, cfg, *, device="cpu", progress=True, report=True, preset_name=None,
-              command=None, say=print, checkpoint_every: float = 120.0, holdout_dir=None):
+              command=None, say=print, checkpoint_every: float = 120.0, holdout_dir=None, group=None):
     """Train ``cfg`` on the usable images of ``images_dir`` and fill the run folder ``out``;
     the images of ``holdout_dir`` (not trained on) are scored at every epoch end.
 
     ``config.json`` and ``run.json`` (the image list) are written before training starts and
     the resumable state goes to ``out/checkpoint`` (see :mod:`deconvnet.checkpoint`), so an
     interrupted run continues with :func:`resume_run`.
+
+    ``group``: the processes of a ``torchrun`` job (:func:`deconvnet.distributed.init`); every
+    one reads the images and trains on its share, rank 0 alone prints and writes the run
+    folder's files (the checkpoint's map files are written by each). Under ``torchrun
+    --max-restarts``, a restarted job continues from the checkpoint.
     """
     from ._files import atomic_write_text  # noqa: PLC0415
+    from .distributed import LOCAL, restarted  # noqa: PLC0415
     from .model_io import software_versions  # noqa: PLC0415
 
+    group = LOCAL if group is None else group
+    say = say if group.is_main else _quiet
     folder, out = Path(images_dir), Path(out)
+    if (out / "checkpoint").exists() and restarted() and (out / "run.json").exists():
+        return resume_run(out, device=device, progress=progress, report=report, say=say,
+                          checkpoint_every=checkpoint_every, group=group)
     if (out / "checkpoint").exists():
         raise UserError(f"{out} holds an unfinished run; continue it with `deconvnet train --resume {out}` "
                         "(or choose another --out)")
     if (out / "model.json").exists():
         raise UserError(f"{out} already holds a trained model; choose another --out (or delete it)")
+    group.barrier()  # every process has looked before rank 0 writes anything
     images = _read_training_images(folder, cfg, say)
     holdout = None if holdout_dir is None else _read_training_images(Path(holdout_dir), cfg, say)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{out}: cannot create the run folder ({err.strerror or err})") from None
     info = {"status": "training", "images": str(folder.resolve()), "n_images": len(images),
             "files": [str(p.resolve()) for p in images.paths],
             "skipped": [[str(skip.path), skip.reason] for skip in images.skipped],
             "device": str(device), "preset": preset_name, "command": command, "versions": software_versions()}
+    if group.size > 1:
+        info["processes"] = group.size
     if holdout is not None:
         info["holdout_files"] = [str(p.resolve()) for p in holdout.paths]
-    atomic_write_text(out / "config.json", cfg.to_json() + "\n")
-    atomic_write_text(out / "run.json", json.dumps(info, indent=2))
-    say(f"training {len(cfg.layers)} layer(s) on {len(images)} image(s) from {folder} on {device}")
+    if group.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"{out}: cannot create the run folder ({err.strerror or err})") from None
+        atomic_write_text(out / "config.json", cfg.to_json() + "\n")
+        atomic_write_text(out / "run.json", json.dumps(info, indent=2))
+    procs = f" in {group.size} processes" if group.size > 1 else ""
+    say(f"training {len(cfg.layers)} layer(s) on {len(images)} image(s) from {folder} on {device}{procs}")
     return _train(out, cfg, images, info, device=device, progress=progress, report=report, say=say,
-                  checkpoint_every=checkpoint_every, holdout=holdout)
+                  checkpoint_every=checkpoint_every, holdout=holdout, group=group)
 
 
-def resume_run(out, *, device=None, progress=True, report=True, say=print, checkpoint_every: float = 120.0):
+def resume_run(out, *, device=None, progress=True, report=True, say=print, checkpoint_every: float = 120.0,
+               group=None):
     """Continue the interrupted run in ``out`` from its checkpoint: same configuration, same
-    images (read again from the files ``run.json`` lists)."""
+    images (read again from the files ``run.json`` lists). ``group``: as :func:`train_run`;
+    the number of processes may differ from the interrupted run's."""
     from .config import ConfigError, NetConfig  # noqa: PLC0415
+    from .distributed import LOCAL, device_for  # noqa: PLC0415
     from .images import ImageReadError, read_images  # noqa: PLC0415
 
+    group = LOCAL if group is None else group
+    say = say if group.is_main else _quiet
     out = Path(out)
     if not out.is_dir():
         raise UserError(f"--resume {out}: no such run folder")
     from ._files import remove_stale_temporaries  # noqa: PLC0415
 
-    remove_stale_temporaries(out)  # a kill -9 in the middle of an atomic write
+    if group.is_main:
+        remove_stale_temporaries(out)  # a kill -9 in the middle of an atomic write
     try:
         cfg = NetConfig.from_dict(json.loads((out / "config.json").read_text()))
         info = json.loads((out / "run.json").read_text())
@@ -182,6 +223,8 @@ def resume_run(out, *, device=None, progress=True, report=True, say=print, check
     if complete:  # stopped while tidying up: finish that
         from .checkpoint import Checkpoint  # noqa: PLC0415
 
+        if not group.is_main:
+            return None
         Checkpoint(out / "checkpoint").remove()
         if report and not (out / "report.html").exists():
             from .report import write_report  # noqa: PLC0415
@@ -204,13 +247,16 @@ def resume_run(out, *, device=None, progress=True, report=True, say=print, check
         except ImageReadError as err:
             raise UserError(f"--resume {out}: held-out image {err.path} cannot be read any more ({err.reason})") \
                 from None
-    device = device or info.get("device", "cpu")
-    say(f"resuming {out}: {len(cfg.layers)} layer(s) on {len(images)} image(s) on {device}")
+    device = str(device_for(device or info.get("device", "cpu")))
+    info = dict(info, processes=group.size) if group.size > 1 else {k: v for k, v in info.items() if k != "processes"}
+    procs = f" in {group.size} processes" if group.size > 1 else ""
+    say(f"resuming {out}: {len(cfg.layers)} layer(s) on {len(images)} image(s) on {device}{procs}")
     return _train(out, cfg, images, info, device=device, progress=progress, report=report, say=say,
-                  checkpoint_every=checkpoint_every, holdout=holdout)
+                  checkpoint_every=checkpoint_every, holdout=holdout, group=group)
 
 
-def _train(out: Path, cfg, images, info, *, device, progress, report, say, checkpoint_every, holdout=None):
+def _train(out: Path, cfg, images, info, *, device, progress, report, say, checkpoint_every, holdout=None,
+           group=None):
     from ._files import atomic_write_text  # noqa: PLC0415
     from .checkpoint import Checkpoint, CheckpointError  # noqa: PLC0415
     from .network import DeconvNet  # noqa: PLC0415
@@ -218,12 +264,15 @@ def _train(out: Path, cfg, images, info, *, device, progress, report, say, check
     net = DeconvNet(cfg, device=device, progress=progress)
     t0 = time.perf_counter()
     try:
-        net.fit(images, checkpoint=out / "checkpoint", checkpoint_every=checkpoint_every, holdout=holdout)
+        net.fit(images, checkpoint=out / "checkpoint", checkpoint_every=checkpoint_every, holdout=holdout,
+                group=group)
     except CheckpointError as err:
         raise UserError(str(err)) from None
     except KeyboardInterrupt:
         say(f"interrupted; continue with `deconvnet train --resume {out}`")
         raise
+    if group is not None and not group.is_main:
+        return net  # rank 0 writes the model, the history and the report
     seconds = time.perf_counter() - t0
     net.save(out)  # then the files that say the run is complete, then the checkpoint goes
     history = [[vars(r) for r in records] for records in net.history_]
@@ -250,7 +299,7 @@ def cmd_train(args) -> int:
             raise UserError("--resume RUN_DIR takes the images and settings from RUN_DIR; give no IMAGES_DIR, "
                             "--config, --set, --out or --holdout with it")
         resume_run(args.resume, device=_device(args.device) if args.device else None, progress=not args.quiet,
-                   report=not args.no_report, checkpoint_every=args.checkpoint_every)
+                   report=not args.no_report, checkpoint_every=args.checkpoint_every, group=args.group)
         return 0
     if not args.images:
         raise UserError("train needs IMAGES_DIR (or --resume RUN_DIR)")
@@ -259,7 +308,7 @@ def cmd_train(args) -> int:
     train_run(args.images, out, cfg, device=_device(args.device or "cpu"), progress=not args.quiet,
               report=not args.no_report, preset_name=None if args.config else args.preset,
               command=" ".join(["deconvnet", *sys.argv[1:]]), checkpoint_every=args.checkpoint_every,
-              holdout_dir=args.holdout)
+              holdout_dir=args.holdout, group=args.group)
     return 0
 
 
@@ -269,13 +318,14 @@ def cmd_infer(args) -> int:
     from .plotting import save_image  # noqa: PLC0415
     from .viz import tile_filters  # noqa: PLC0415
 
+    group = args.group
     net = _load(args.model, _device(args.device))
-    files = _image_files(args.images)
+    files = _image_files(args.images, folders=True)
     layers = [net.check_layer(args.layer)] if args.layer is not None else list(range(1, net.n_layers + 1))
     out = _out_dir(args.out)
     from ._files import atomic_write_bytes  # noqa: PLC0415
 
-    for path in files:
+    for path in [files[i] for i in group.mine(range(len(files)))]:  # this process's share
         maps = net.infer([path], layers=max(layers))
         for L in layers:
             z = maps[L - 1][0].detach().cpu()
@@ -285,6 +335,7 @@ def cmd_infer(args) -> int:
             save_image(tile_filters(z[:, None]), out / f"{path.stem}.layer{L}.png", zoom=2, vmin=0, vmax=1)
             nz = float((z != 0).to(torch.float64).mean())
             print(f"{path.name}: layer {L} maps {tuple(z.shape)}, non-zero {nz:.4f} -> {npy}")
+    group.barrier()  # every share is written
     return 0
 
 
@@ -410,7 +461,9 @@ def cmd_caltech(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
-    doc = run_protocol(root, out, cfg, device=_device(args.device), progress=not args.quiet)
+    doc = run_protocol(root, out, cfg, device=_device(args.device), progress=not args.quiet, group=args.group)
+    if doc is None:  # a process other than rank 0: its share of the maps is in the cache
+        return 0
     print((out / "results.md").read_text(), end="")
     print(f"results: {out / 'results.json'}, {out / 'results.md'}; report: {(out / 'report.html').resolve()} "
           f"({doc['timing']['total_seconds']:.0f} s)")
@@ -440,6 +493,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
                        help="where to compute (auto: cuda when available)")
 
+    def nproc(p):
+        p.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="run as N processes on this machine (torch.distributed; as torchrun --standalone "
+                            "--nproc_per_node N -m deconvnet ...); default 1")
+
     p = sub.add_parser("train", help="train a network on a folder of images")
     p.add_argument("images", metavar="IMAGES_DIR", nargs="?")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
@@ -463,14 +521,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=None,
                    help="where to compute (default cpu; with --resume, the run's device)")
+    nproc(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("infer", help="feature maps of images (.npy and .png)")
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders of them")
     p.add_argument("--layer", type=int, help="only this layer (default: every layer)")
     p.add_argument("--out", required=True, metavar="DIR")
     device(p)
+    nproc(p)
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("project", help="pixel-space filters of every layer as PNG grids")
@@ -534,27 +594,116 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-background", action="store_true", help="keep the BACKGROUND_Google class")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     device(p)
+    nproc(p)
     p.set_defaults(func=cmd_caltech)
     return ap
 
 
+#: the commands that run as several processes (``torchrun`` or ``--nproc``).
+DISTRIBUTED_COMMANDS = ("train", "infer", "caltech")
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` without its ``--nproc N`` / ``--nproc=N``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _join(args):
+    """The process group of this command: one process, or, under ``torchrun``, the job's
+    (gloo on the CPU, NCCL with ``--device cuda``)."""
+    from .distributed import LOCAL, init, launched, stop_on_sigterm  # noqa: PLC0415
+
+    if not launched():
+        return LOCAL
+    if args.command not in DISTRIBUTED_COMMANDS:
+        raise UserError(f"{args.command} runs in one process; start it without torchrun "
+                        f"(torchrun runs {', '.join(DISTRIBUTED_COMMANDS)})")
+    if getattr(args, "nproc", 1) != 1:
+        raise UserError("--nproc starts the processes itself; give it without torchrun (or torchrun without it)")
+    device = getattr(args, "device", None)
+    if device is None and getattr(args, "resume", None):  # the run's own device
+        try:
+            device = json.loads((Path(args.resume) / "run.json").read_text()).get("device", "cpu")
+        except (OSError, ValueError, AttributeError):
+            device = "cpu"
+    stop_on_sigterm()
+    return init(_device(device or "cpu"))
+
+
+def _say_error(err: BaseException, group) -> None:
+    """The one line of a failed command; with several processes, prefixed by the rank, and
+    said by rank 0 alone for the errors every process meets alike (a bad setting, a damaged
+    checkpoint, maps that diverged, which every rank learns from the batch's sums)."""
+    import os  # noqa: PLC0415
+
+    from .checkpoint import CheckpointError  # noqa: PLC0415
+    from .distributed import LAUNCHER_ENV, RankFailure  # noqa: PLC0415
+    from .train import DivergenceError  # noqa: PLC0415
+
+    msg = str(err) if not isinstance(err, OSError) or not err.filename else \
+        f"{err.filename}: {err.strerror or err}"
+    if group.size > 1:
+        if not group.is_main and isinstance(err, (UserError, CheckpointError, DivergenceError)):
+            return
+        if isinstance(err, RankFailure) and os.environ.get(LAUNCHER_ENV):
+            return  # the launcher names the process that failed
+        if not msg.startswith(f"rank {group.rank}:"):
+            msg = f"rank {group.rank}: {msg}"
+    print(f"deconvnet: error: {msg}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     """Entry point of the ``deconvnet`` command; returns the exit status."""
+    from .distributed import Terminated  # noqa: PLC0415
+
+    try:
+        return _main(argv)
+    except Terminated:  # SIGTERM while an error was being reported: that report stands
+        return 143
+
+
+def _main(argv=None) -> int:
+    import os  # noqa: PLC0415
+
+    from .distributed import LAUNCHER_ENV, LOCAL, RankFailure, Terminated, default_sigterm, launch, launched  # noqa: PLC0415
     from .runtime import configure  # noqa: PLC0415
 
     ap = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
     configure()  # the process-wide settings of an entry point (deconvnet.runtime)
+    group = LOCAL
     try:
+        n = getattr(args, "nproc", 1)
+        if n < 1:
+            raise UserError(f"--nproc {n}: give a number of processes >= 1")
+        if n > 1 and not launched():
+            return launch(n, _without_nproc(argv))
+        group = _join(args)
+        args.group = group
         return args.func(args)
     except KeyboardInterrupt:
         print("deconvnet: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, RuntimeError, OSError, ArithmeticError) as err:
-        msg = str(err) if not isinstance(err, OSError) or not err.filename else \
-            f"{err.filename}: {err.strerror or err}"
-        print(f"deconvnet: error: {msg}", file=sys.stderr)
+    except Terminated:
+        if group.is_main and not os.environ.get(LAUNCHER_ENV):
+            print(f"deconvnet: error: rank {group.rank}: stopped by torchrun, which stops every process when one "
+                  "fails (its report names it)", file=sys.stderr)
+        return 143
+    except (UserError, ValueError, RuntimeError, OSError, ArithmeticError, RankFailure) as err:
+        _say_error(err, group)
         return 2
+    finally:
+        default_sigterm()
+        group.close()
 
 
 if __name__ == "__main__":

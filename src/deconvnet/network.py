@@ -41,6 +41,7 @@ from ._checks import map_size
 from .checkpoint import Checkpoint, fingerprint
 from .config import NetConfig, preset
 from .connectivity import connectivity
+from .distributed import LOCAL, Group
 from .images import ImageSet, read_images
 from .layer import DeconvLayer
 from .mapstore import DEFAULT_MEMORY_LIMIT, AffineMaps, MapStore
@@ -183,7 +184,8 @@ class DeconvNet:
         return [torch.as_tensor(x * a + b, dtype=self.dtype, device=self.device)[None] for x in out]
 
     # ------------------------------------------------------------- training
-    def fit(self, images, *, checkpoint=None, checkpoint_every: float = 120.0, holdout=None) -> DeconvNet:
+    def fit(self, images, *, checkpoint=None, checkpoint_every: float = 120.0, holdout=None,
+            group: Group | None = None) -> DeconvNet:
         """Train every layer in turn on ``images`` (see :meth:`prepare` for what is accepted).
 
         Every epoch's record (``history_``) says whether the layer learns: besides the
@@ -205,23 +207,34 @@ class DeconvNet:
 
         Raises :class:`~deconvnet.DivergenceError` naming the layer and the image when
         maps or filters become NaN or Inf.
+
+        ``group``: the processes of a ``torchrun`` job training together
+        (:func:`deconvnet.distributed.init`; default: this process alone). Every process
+        reads and preprocesses all images (the input scaling and the checkpoint's fingerprint
+        are then the same everywhere), keeps those it owns, and trains on them; the filters
+        are those of one process with the same batches (:mod:`deconvnet.distributed`). Every
+        process ends with the same network. With a ``checkpoint``, the folder must be shared
+        by all processes: each writes the maps of its images there, rank 0 the state.
         """
         configure()
+        group = LOCAL if group is None else group
         data = self.read(images)
         Y = self.prepare(data, fit_affine=True)
         ck = None
         if checkpoint is not None:
-            ck = Checkpoint(checkpoint, checkpoint_every)
+            ck = Checkpoint(checkpoint, checkpoint_every, group=group)
             ck.open(fingerprint(self.config.to_json(), Y))  # Y has the fitted input affine applied
+        shapes = [tuple(y.shape) for y in Y]
+        Y = _own(Y, group)  # this process's images; the others are None
         held = None
         if holdout is not None:
-            Yh = self.prepare(holdout)
+            Yh = _own(self.prepare(holdout), group)
             held = (Yh, Yh)  # (inputs of the layer being trained, layer-1 inputs)
         specs, fits, chains = self.specs(), [], []
-        inputs, shapes = Y, [tuple(y.shape) for y in Y]
+        inputs = Y
         for layer, spec in enumerate(specs, start=1):
-            below = _Below(specs[:layer - 1], [f.filters for f in fits], chains, Y, held)
-            fit, chain, inputs = self._fit_layer(layer, spec, inputs, shapes, ck, data.names, below)
+            below = _Below(specs[:layer - 1], [f.filters for f in fits], chains, Y, held, group)
+            fit, chain, inputs = self._fit_layer(layer, spec, inputs, shapes, ck, data.names, below, group)
             fits.append(fit)
             if layer < self.n_layers:
                 chains.append(chain)
@@ -230,7 +243,8 @@ class DeconvNet:
             shapes = [(1, spec.n_maps, *map_size(h, w, s, spec.boundary)) for (_, _, h, w) in shapes]
         return self.adopt(specs, fits, self.input_affine_, chains)
 
-    def _fit_layer(self, layer: int, spec: LayerSpec, inputs, shapes, ck, names, below: _Below):
+    def _fit_layer(self, layer: int, spec: LayerSpec, inputs, shapes, ck, names, below: _Below,
+                   group: Group = LOCAL):
         """Train ``layer`` (1-based), or take it from the checkpoint when an earlier session
         finished it; returns what it learned, its chaining affine and the next layer's inputs."""
         last = layer == self.n_layers
@@ -242,22 +256,24 @@ class DeconvNet:
             if not last and layer == len(ck.run.finished):
                 below = AffineMaps(ck.finished_maps(layer, self.device, self.dtype), *rec.chain_affine)
             return fit, rec.chain_affine, below
-        maps = MapStore(len(inputs), spec.map_bytes(shapes), self.map_memory_limit, device=self.device,
-                        dtype=self.dtype)
-        hooks, state = [Progress(f"layer {layer}/{self.n_layers}", spec.n_epochs)] if self.progress else [], None
+        maps = MapStore(len(inputs), spec.map_bytes([shapes[i] for i in group.mine(range(len(inputs)))]),
+                        self.map_memory_limit, device=self.device, dtype=self.dtype)
+        show = self.progress and group.is_main
+        hooks, state = [Progress(f"layer {layer}/{self.n_layers}", spec.n_epochs)] if show else [], None
         if ck is not None:
             maps, state = ck.layer_maps(layer, maps), ck.resume(layer)
             hooks.append(ck.hook(layer))
             if state is not None:
                 state.filters = state.filters.to(device=self.device, dtype=self.dtype)
         try:
-            fit = train_layer(inputs, shapes, spec, maps, state=state, hooks=hooks, evaluate=below.evaluator(spec))
+            fit = train_layer(inputs, shapes, spec, maps, state=state, hooks=hooks, group=group,
+                              evaluate=below.evaluator(spec))
         except DivergenceError as err:
             which = ", ".join(names[j] for j in err.images)
             raise DivergenceError(err.images, err.epoch, f"layer {layer}: {which}: {err.what}") from None
         chain = (1.0, 0.0)
         if not last and self.config.chain:
-            chain = rescale_affine(fit.maps, self.config.scaling)
+            chain = rescale_affine(fit.maps, self.config.scaling, group)
         above = None if last else AffineMaps(fit.maps, *chain)  # read when needed: the maps may be on disk
         if ck is not None:
             ck.finish_layer(layer, fit, chain, self.n_layers)
@@ -454,8 +470,9 @@ class _Below:
     below it (``specs``, ``filters``, the chaining ``chains``), the training images' layer-1
     inputs ``Y`` and the held-out images' inputs of layer ``L`` (``held``, or ``None``)."""
 
-    def __init__(self, specs, filters, chains, Y, held):
+    def __init__(self, specs, filters, chains, Y, held, group: Group = LOCAL):
         self.specs, self.filters, self.chains, self.Y, self.held = specs, filters, chains, Y, held
+        self.group = group  # sums over the images of every process; each holds its own (others None)
         self.held_maps: list | None = None  # held-out maps of layer L at the last evaluation
 
     def down(self, z: torch.Tensor, op: ConvOperator) -> torch.Tensor:
@@ -471,14 +488,15 @@ class _Below:
         and, with held-out images, ``heldout_snr_db``."""
 
         def evaluate(state: TrainState, maps) -> dict:
-            op = spec.operator(state.filters)
-            out = {"pixel_snr_db": self._snr((self.down(maps.get(i), op), y) for i, y in enumerate(self.Y))}
+            op, mine = spec.operator(state.filters), self.group.mine
+            out = {"pixel_snr_db": self._snr((self.down(maps.get(i), op), self.Y[i]) for i in mine(range(len(self.Y))))}
             if self.held is not None:
                 solver = replace(spec.solver, lam=state.lam)
                 warm = self.held_maps or [None] * len(self.held[0])
-                self.held_maps = [solve(op, y, solver, z0).z for y, z0 in zip(self.held[0], warm)]
-                out["heldout_snr_db"] = self._snr((self.down(z, op), y1) for z, y1 in zip(self.held_maps,
-                                                                                         self.held[1]))
+                own = mine(range(len(self.held[0])))
+                self.held_maps = [solve(op, self.held[0][j], solver, warm[j]).z if j in own else None
+                                  for j in range(len(self.held[0]))]
+                out["heldout_snr_db"] = self._snr((self.down(self.held_maps[j], op), self.held[1][j]) for j in own)
             return out
 
         return evaluate
@@ -490,17 +508,25 @@ class _Below:
         maps = self.held_maps
         if maps is None:  # layer L was finished in an earlier session: infer afresh
             op = spec.operator(f)
-            maps = [solve(op, y, spec.solver).z for y in self.held[0]]
+            maps = [None if y is None else solve(op, y, spec.solver).z for y in self.held[0]]
         a, b = chain
-        return [z * a + b for z in maps], self.held[1]
+        return [None if z is None else z * a + b for z in maps], self.held[1]
 
-    @staticmethod
-    def _snr(pairs) -> float:
+    def _snr(self, pairs) -> float:
         sig = err = 0.0
         for x, y in pairs:
             sig += float(y.double().pow(2).sum())
             err += float((x.double() - y.double()).pow(2).sum())
+        if self.group.size > 1:
+            sig, err = self.group.sum_floats(sig, err)
         return snr_db_from(sig, err)
+
+
+def _own(items: list, group: Group) -> list:
+    """``items`` with the entries of the images other processes own replaced by ``None``."""
+    if group.size == 1:
+        return items
+    return [x if group.owns(i) else None for i, x in enumerate(items)]
 
 
 def snr_db_from(signal: float, error: float) -> float:

@@ -28,6 +28,8 @@ the network converts them to tensors.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.signal import convolve2d
 
@@ -115,24 +117,43 @@ def preprocess(image: np.ndarray, kind: str = "toolbox2010") -> np.ndarray:
     raise ValueError(f"preprocess={kind!r} is not known; use one of {', '.join(PREPROCESSING)}")
 
 
-def rescale_affine(images: list[np.ndarray], mode: str = "minmax") -> tuple[float, float]:
+def rescale_affine(images, mode: str = "minmax", group=None) -> tuple[float, float]:
     """``(scale, shift)`` such that ``scale * x + shift`` normalises the set jointly.
 
     ``mode="minmax"`` (toolbox ``rescale_all_n1_1``): to [-1, 1], then subtract the mean.
     ``mode="std"``: zero mean and unit standard deviation over the whole set.
     Works on numpy arrays and torch tensors.
+
+    ``group``: a :class:`~deconvnet.distributed.Group` whose processes each hold a part of
+    the set (``images[i]`` is read only where the process owns ``i``); the sums, counts,
+    minimum and maximum are then taken over all parts, so every process gets the affine map
+    of the whole set.
     """
-    total = sum(float(im.sum()) for im in images)
-    count = sum(int(np.prod(im.shape)) for im in images)
+    if group is None or group.size == 1:
+        owned = images
+    else:
+        owned = [images[i] for i in group.mine(range(len(images)))]
+    total = sum(float(im.sum()) for im in owned)
+    count = sum(int(np.prod(im.shape)) for im in owned)
+    if owned is not images:
+        total, count = group.sum_floats(total, count)
     mean = total / count
     if mode == "std":
-        var = sum(float(((im - mean) ** 2).sum()) for im in images) / count
+        var = sum(float(((im - mean) ** 2).sum()) for im in owned)
+        if owned is not images:
+            var = group.sum_floats(var)[0]
+        var /= count
         scale = 1.0 / np.sqrt(var) if var > 0 else 1.0
         return float(scale), float(-scale * mean)
     if mode != "minmax":
         raise ValueError(f"mode={mode!r} is not known; use 'minmax' or 'std'")
-    lo = min(float(im.min()) for im in images)
-    hi = max(float(im.max()) for im in images)
+    lo = min((float(im.min()) for im in owned), default=math.inf)
+    hi = max((float(im.max()) for im in owned), default=-math.inf)
+    if owned is not images:
+        import torch  # noqa: PLC0415
+
+        lo = float(group.min(torch.tensor([lo], dtype=torch.float64))[0])
+        hi = float(group.max(torch.tensor([hi], dtype=torch.float64))[0])
     scale = 2.0 / (hi - lo) if hi > lo else 1.0
     mean_after = scale * (mean - lo) - 1.0
     return scale, -scale * lo - 1.0 - mean_after

@@ -12,9 +12,10 @@ image's maps of the previous epoch, then update the filters with those maps fixe
 :class:`~deconvnet.DeconvNet` alike. Its whole position is a :class:`TrainState` (filters,
 generator, epoch, batches done, the epoch's order, running sums, history, time), so a run
 continued from a saved state repeats exactly the numbers of an uninterrupted one.
-:class:`TrainHooks` see every batch and epoch (checkpoints, progress); ``reduce`` is applied
-to every batch sum of the filter update (the identity for one process; the place where the
-statistics of several processes would be summed).
+:class:`TrainHooks` see every batch and epoch (checkpoints, progress). ``group`` (a
+:class:`~deconvnet.distributed.Group`) says which images of each batch this process codes
+and sums every batch statistic over the processes of a ``torchrun`` job (the identity for
+one process; :mod:`deconvnet.distributed` lists what is reduced).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 
 from ._checks import map_size
 from .config import LayerConfig
+from .distributed import LOCAL, Group
 from .filters import FilterOptions, NormalEquations, filters_from_equations, init_filters, learn_filters, \
     normal_equations
 from .ops import ConvOperator
@@ -37,7 +39,7 @@ from .solvers import IterationRecord, SolverOptions, options_for, solve
 from .sparsity import lam_for_density
 
 __all__ = ["LayerSpec", "TrainState", "EpochSums", "EpochRecord", "LayerFit", "TrainHooks", "Progress",
-           "DivergenceError", "train_layer", "batches", "cos_to", "lam_step", "CALIBRATION_IMAGES",
+           "DivergenceError", "train_layer", "batches", "batch_totals", "cos_to", "lam_step", "CALIBRATION_IMAGES",
            "CALIBRATION_RTOL",
            "MAX_LAM_STEP", "DENSITY_SLOPE", "DENSITY_GAIN"]
 
@@ -158,16 +160,21 @@ class EpochSums:
     residual: float = 0.0
 
     def add(self, last: IterationRecord, z: torch.Tensor, y: torch.Tensor, lam: float) -> None:
-        self.objective += last.objective
-        self.data += last.data
-        self.penalty += last.penalty
-        per_map = (z != 0).sum(dim=(0, 2, 3)).tolist()
-        self.nonzeros += sum(per_map)
-        self.entries += z.numel()
+        self.add_totals(batch_totals(last, z, y, lam))
+
+    def add_totals(self, totals: torch.Tensor) -> None:
+        """Add a batch's :func:`batch_totals` (summed over the processes that coded it)."""
+        v = totals.tolist()
+        self.objective += v[0]
+        self.data += v[1]
+        self.penalty += v[2]
+        self.nonzeros += int(v[3])
+        self.entries += int(v[4])
+        self.signal += v[5]
+        self.residual += v[6]
+        per_map = [int(c) for c in v[_TOTALS:]]
         self.map_nonzeros = per_map if self.map_nonzeros is None else [a + b for a, b in
                                                                        zip(self.map_nonzeros, per_map)]
-        self.signal += float(y.double().pow(2).sum())
-        self.residual += 2.0 * last.data / lam
 
     def record(self, epoch: int, seconds: float, lam: float, cos_init: float | None = None) -> EpochRecord:
         active = None if self.map_nonzeros is None else sum(1 for v in self.map_nonzeros if v > 0)
@@ -176,6 +183,26 @@ class EpochSums:
             snr = 10.0 * math.log10(self.signal / self.residual)
         return EpochRecord(epoch, self.objective, self.data, self.penalty, self.nonzeros / max(self.entries, 1),
                            seconds, lam, active, snr, cos_init)
+
+
+#: entries of :func:`batch_totals` before the per-map non-zeros.
+_TOTALS = 8
+
+
+def batch_totals(last: IterationRecord | None, z: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
+    r"""What :class:`EpochSums` adds up from one batch, as one float64 vector that several
+    processes sum: the solver's final objective, data term and penalty, the non-zero and total
+    entries of the maps ``z`` ``(B, K, H', W')``, :math:`\sum\|y\|^2`, :math:`\sum\|Dz - y\|^2`
+    (from the data term), a flag (1 when ``z`` holds NaN or Inf), then the non-zeros of each of
+    the ``K`` maps. ``last`` ``None``: an empty share (all zeros)."""
+    K = z.shape[1]
+    if last is None:
+        return torch.zeros(_TOTALS + K, dtype=torch.float64)
+    per_map = (z != 0).sum(dim=(0, 2, 3)).double().cpu()
+    head = torch.tensor([last.objective, last.data, last.penalty, float(per_map.sum()), float(z.numel()),
+                         float(y.double().pow(2).sum()), 2.0 * last.data / lam,
+                         0.0 if bool(torch.isfinite(z).all()) else 1.0], dtype=torch.float64)
+    return torch.cat([head, per_map])
 
 
 @dataclass
@@ -290,19 +317,20 @@ def batches(order: list[int], shapes: Sequence[tuple], batch_size: int) -> list[
     return out
 
 
-def _identity(t: torch.Tensor) -> torch.Tensor:
-    return t
-
-
 def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: LayerSpec, maps, *,
                 state: TrainState | None = None, hooks: Sequence[TrainHooks] = (),
-                reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
-                evaluate: Callable[[TrainState, object], dict] | None = None) -> LayerFit:
+                group: Group = LOCAL, evaluate: Callable[[TrainState, object], dict] | None = None) -> LayerFit:
     r"""Train one layer on checked ``inputs`` (``inputs[i]`` ``(1, C, H, W)`` on ``spec``'s
     device and dtype, of shape ``shapes[i]``), from ``state`` (default: a fresh start).
 
     ``maps``: the warm-start store (``get(i)`` -> ``(1, K, H', W')`` or ``None``, ``set(i,
     z)``; a :class:`~deconvnet.mapstore.MapStore`), which ends holding the last epoch's maps.
+
+    ``group``: the processes training together (:mod:`deconvnet.distributed`); this one codes
+    the images of each batch it owns (``group.mine``), reads ``inputs[i]`` and ``maps`` only
+    for those, and every batch statistic is summed over the group, so the filters are those of
+    one process with the same batches. Default: one process.
+
     ``evaluate(state, maps)``: called at every epoch end, after the filter update, with the
     epoch's maps in ``maps``; returns further :class:`EpochRecord` fields (e.g.
     ``pixel_snr_db``) for the epoch's record.
@@ -336,16 +364,17 @@ def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: L
                     state.equations = None
                 t_epoch, base_epoch = time.perf_counter(), 0.0
             if state.lam is None:
-                state.lam = spec.config.lam if density is None else _calibrate(inputs, shapes, spec, state)
+                state.lam = spec.config.lam if density is None else _calibrate(inputs, shapes, spec, state, group)
             todo = batches(state.order, shapes, spec.batch_size)
             done = sum(len(b) for b in todo[:state.batches_done])
             for idx in todo[state.batches_done:]:
-                z = _train_batch(inputs, idx, spec, maps, state, reduce)
+                mine = group.mine(idx)
+                z, measured = _train_batch(inputs, shapes, idx, mine, spec, maps, state, group)
                 if density is not None:
-                    state.lam = lam_step(state.lam, float((z != 0).sum()) / z.numel(), density)
+                    state.lam = lam_step(state.lam, measured, density)
                 for hook in hooks:
-                    hook.maps_coded(state, idx, z)
-                for j, i in enumerate(idx):
+                    hook.maps_coded(state, mine, z)
+                for j, i in enumerate(mine):
                     maps.set(i, z[j:j + 1].contiguous())  # one layout, whether kept, saved or reloaded
                 state.batches_done += 1
                 done += len(idx)
@@ -357,6 +386,7 @@ def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: L
                 if not bool(torch.isfinite(f).all()):
                     raise DivergenceError(state.order, epoch, "the filters")
                 state.filters, state.equations = f, None
+            state.filters = group.agree(state.filters)
             stamp()
             rec = state.sums.record(epoch, state.epoch_seconds, state.lam, cos_to(state.filters, f_init, spec.g))
             if evaluate is not None:
@@ -370,7 +400,7 @@ def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: L
     finally:
         for hook in hooks:
             hook.close()
-    return LayerFit(state.filters, list(state.history), maps, map_activity(maps), state.seconds,
+    return LayerFit(state.filters, list(state.history), maps, map_activity(maps, group, spec.n_maps), state.seconds,
                     state.history[-1].lam if state.history else state.lam)
 
 
@@ -409,17 +439,20 @@ def lam_step(lam: float, measured: float, density: float) -> float:
     return lam * min(max(step, 1.0 / MAX_LAM_STEP), MAX_LAM_STEP)
 
 
-def _calibrate(inputs, shapes, spec: LayerSpec, state: TrainState) -> float:
+def _calibrate(inputs, shapes, spec: LayerSpec, state: TrainState, group: Group = LOCAL) -> float:
     """The ``lam`` at which the first images of the epoch's order have ``spec``'s density,
-    with the current filters and the layer's own solver."""
+    with the current filters and the layer's own solver (on rank 0, with the images sent by
+    their owners; the others receive its result)."""
     first = batches(state.order, shapes, CALIBRATION_IMAGES)[0]
-    y = torch.cat([inputs[i] for i in first])
+    y = torch.cat([group.fetch(inputs, i, shapes[i], spec.dtype, spec.device) for i in first])
+    if not group.is_main:
+        return group.from_main(0.0)
     lc = spec.config
     extra = {} if lc.method != "continuation" else {"beta0": lc.beta0, "beta_inc": lc.beta_inc,
                                                      "n_beta": lc.n_beta, "n_cg": lc.n_cg}
     cal = lam_for_density(y, state.filters, lc.density, p=lc.p, g=spec.g, boundary=spec.boundary,
                           method=lc.method, max_iter=lc.max_iter, tol=lc.tol, rtol=CALIBRATION_RTOL, **extra)
-    return cal.lam
+    return group.from_main(cal.lam)
 
 
 def cos_to(f: torch.Tensor, f0: torch.Tensor, g=None) -> float:
@@ -430,19 +463,32 @@ def cos_to(f: torch.Tensor, f0: torch.Tensor, g=None) -> float:
     return float(cos[mask].mean())
 
 
-def _train_batch(inputs, idx: list[int], spec: LayerSpec, maps, state: TrainState, reduce) -> torch.Tensor:
-    """Code one batch warm-started from its stored maps, then update the filters (with
+def _train_batch(inputs, shapes, idx: list[int], mine: list[int], spec: LayerSpec, maps, state: TrainState,
+                 group: Group) -> tuple[torch.Tensor, float]:
+    """Code this process's images ``mine`` of the batch ``idx`` warm-started from their stored
+    maps, then update the filters from the statistics of the whole batch (with
     ``filter_every="epoch"``, only add the batch's normal equations to the epoch's; with
     ``"online"``, from the running sum of equations that includes this batch); returns the
-    maps ``(B, K, H', W')``."""
-    y = torch.cat([inputs[i] for i in idx])
-    warm = [maps.get(i) for i in idx]
-    z0 = torch.cat(warm) if all(w is not None for w in warm) else None
+    maps ``(len(mine), K, H', W')`` and the batch's fraction of non-zero entries.
+
+    With no image of the batch here (``mine`` empty), an all-zero input stands in: its maps
+    stay zero, so it adds nothing to any sum, and the solver still takes part in the batch's
+    decisions."""
+    if mine:
+        y = torch.cat([inputs[i] for i in mine])
+        warm = [maps.get(i) for i in mine]
+        z0 = torch.cat(warm) if all(w is not None for w in warm) else None
+    else:
+        y, z0 = torch.zeros(shapes[idx[0]], dtype=spec.dtype, device=spec.device), None
     op = spec.operator(state.filters)
-    res = solve(op, y, spec.solver if state.lam == spec.solver.lam else replace(spec.solver, lam=state.lam), z0)
-    if not bool(torch.isfinite(res.z).all()):
+    opts = spec.solver if state.lam == spec.solver.lam else replace(spec.solver, lam=state.lam)
+    res = solve(op, y, opts, z0) if group.batchwide is None else solve(op, y, opts, z0, group.batchwide)
+    totals = group.sum(batch_totals(res.history[-1] if mine else None, res.z, y, state.lam))
+    if totals[7] > 0:
         raise DivergenceError(idx, state.epoch, "the feature maps")
-    state.sums.add(res.history[-1], res.z, y, state.lam)
+    state.sums.add_totals(totals)
+    measured = float(totals[3]) / float(totals[4])
+    reduce = group.sum
     every = spec.config.filter_every
     if every == "batch":
         fopts = spec.filter_update
@@ -456,19 +502,25 @@ def _train_batch(inputs, idx: list[int], spec: LayerSpec, maps, state: TrainStat
         else:  # online: about one epoch of images remembered
             state.equations = state.equations.scaled(1.0 - len(idx) / len(inputs)) + eq
         if every == "epoch":
-            return res.z
+            return res.z[:len(mine)], measured
         f = filters_from_equations(state.equations, state.filters, spec.g)
     if not bool(torch.isfinite(f).all()):
         raise DivergenceError(idx, state.epoch, "the filters")
     state.filters = f
-    return res.z
+    return res.z[:len(mine)], measured
 
 
-def map_activity(maps: Sequence) -> np.ndarray:
+def map_activity(maps: Sequence, group: Group = LOCAL, n_maps: int | None = None) -> np.ndarray:
     """``(K,)``: the fraction of non-zero entries of each map over a sequence of
-    ``(1, K, H', W')`` maps, read one at a time (the store may be on disk)."""
+    ``(1, K, H', W')`` maps, read one at a time (the store may be on disk); with several
+    processes, over the maps each one owns (``n_maps`` is ``K`` for a process that owns
+    none)."""
     nz, pixels = 0, 0
-    for m in maps:
+    for i in group.mine(range(len(maps))):
+        m = maps[i]
         nz = nz + (m[0] != 0).sum(dim=(1, 2)).double()
         pixels += m[0, 0].numel()
+    if group.size > 1:
+        nz = group.sum(nz.cpu() if isinstance(nz, torch.Tensor) else torch.zeros(n_maps, dtype=torch.float64))
+        pixels = group.sum_floats(pixels)[0]
     return (nz / pixels).cpu().numpy()

@@ -16,6 +16,12 @@ An interrupted run started again with the same folder resumes: the network's tra
 checkpoint, maps from the cache, finished splits from their files (a split file is reused only
 when its settings match). A run with other classifier settings in the same folder reuses the
 network and the maps.
+
+With several processes (``group``, :mod:`deconvnet.distributed`; ``torchrun ... -m deconvnet
+caltech`` or ``--nproc N``) the network is trained by all of them together, then each infers
+the maps of its share of the images (image ``i`` of the ones the splits use goes to rank
+``i mod P``) into the cache, and, once all are there, rank 0 alone describes, classifies and
+writes the results from the cache; the folder must be one that all processes see.
 """
 
 from __future__ import annotations
@@ -116,9 +122,10 @@ def _bar(progress: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
 
 
-def _network(root: Path, out: Path, cfg: ProtocolConfig, paths: list[Path], *, device, progress, say):
+def _network(root: Path, out: Path, cfg: ProtocolConfig, paths: list[Path], *, device, progress, say, group):
     """The DN for the DN features: loaded from ``out/network`` when it was trained there on
-    the same images with the same configuration, else trained (resumable) and saved."""
+    the same images with the same configuration, else trained (resumable; by every process of
+    ``group`` together) and saved (by rank 0)."""
     from ..config import apply_overrides, preset  # noqa: PLC0415
     from ..network import DeconvNet  # noqa: PLC0415
 
@@ -128,17 +135,22 @@ def _network(root: Path, out: Path, cfg: ProtocolConfig, paths: list[Path], *, d
     doc = {"config": net_cfg.to_dict(), "images": images}
     folder = out / "network"
     stamp = folder / "network.json"
-    if (folder / "model.json").exists() and stamp.exists() and json.loads(stamp.read_text()).get("key") == _digest(doc):
+    done = (folder / "model.json").exists() and stamp.exists() and \
+        json.loads(stamp.read_text()).get("key") == _digest(doc)
+    group.barrier()  # every process has looked before rank 0 writes
+    if done:
         say(f"network: {folder} (trained earlier on the same {len(paths)} images)")
         return DeconvNet.load(folder, device=device), 0.0
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stamp, json.dumps({"key": _digest(doc), **doc}, indent=1))
+    if group.is_main:
+        atomic_write_text(stamp, json.dumps({"key": _digest(doc), **doc}, indent=1))
     say(f"network: training {layers} layers ({cfg.preset}, {', '.join(cfg.net_settings) or 'no changes'}) on "
         f"{len(paths)} images (longer side {cfg.max_side})")
     t0 = time.perf_counter()
     net = DeconvNet(net_cfg, device=device, progress=progress)
-    net.fit(paths, checkpoint=folder / "checkpoint")
-    net.save(folder)
+    net.fit(paths, checkpoint=folder / "checkpoint", group=group)
+    if group.is_main:
+        net.save(folder)
     return net, time.perf_counter() - t0
 
 
@@ -179,17 +191,24 @@ def _describe(cfg: ProtocolConfig, feature: str, paths: list[Path], net, cache: 
 
 
 def run_protocol(root, out, cfg: ProtocolConfig | None = None, *, device="cpu", batch_size: int | None = None,
-                 progress: bool = True, say=print) -> dict:
+                 progress: bool = True, say=print, group=None) -> dict | None:
     """Run the protocol on the class-per-folder dataset ``root`` into the folder ``out`` (see
     the module docstring); returns what ``results.json`` holds. ``device``: where the network
     trains and infers; ``batch_size``: images inferred together (default 16 on CUDA, 1 on the
-    CPU, where batching gains little: ``benchmarks/bench_recognition.py``).
+    CPU, where batching gains little: ``benchmarks/bench_recognition.py``). ``group``: the
+    processes sharing the work (:mod:`deconvnet.distributed`; default this one); the processes
+    other than rank 0 return ``None`` once their maps are in the cache.
 
     Everything that can be refused is refused before any work: a class with too few images for
     a training count (``ValueError`` naming the class and its count), bad settings. Unreadable
     image files are left out and named through ``say``.
     """
+    from ..distributed import LOCAL  # noqa: PLC0415
+
     cfg = cfg or ProtocolConfig()
+    group = LOCAL if group is None else group
+    if not group.is_main:
+        say, progress = (lambda *a, **k: None), False
     root, out = Path(root), Path(out)
     t_start = time.perf_counter()
     data = read_class_folders(root, exclude=cfg.exclude)
@@ -202,8 +221,9 @@ def run_protocol(root, out, cfg: ProtocolConfig | None = None, *, device="cpu", 
     used = np.unique(np.concatenate([np.concatenate([s.train, s.test]) for ss in splits.values() for s in ss]))
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-    atomic_write_text(out / "protocol.json", json.dumps({"settings": settings, "root": str(root.resolve()),
-                                                         "counts": data.counts()}, indent=1))
+    if group.is_main:
+        atomic_write_text(out / "protocol.json", json.dumps({"settings": settings, "root": str(root.resolve()),
+                                                             "counts": data.counts()}, indent=1))
     say(f"{root}: {len(data.classes)} classes, {len(data.paths)} images ({len(used)} in the splits); "
         f"{cfg.n_splits} splits of {', '.join(map(str, sorted(splits)))} training images per class, up to "
         f"{cfg.n_test} test images per class")
@@ -211,12 +231,20 @@ def run_protocol(root, out, cfg: ProtocolConfig | None = None, *, device="cpu", 
     net, train_seconds, digest = None, 0.0, None
     if cfg.dn_features:
         net, train_seconds = _network(root, out, cfg, [data.paths[i] for i in net_idx], device=device,
-                                      progress=progress, say=say)
+                                      progress=progress, say=say, group=group)
         digest = network_digest(net)
     index = {int(i): k for k, i in enumerate(used)}  # dataset index -> row of the descriptor lists
     batch = batch_size if batch_size is not None else (16 if str(device).startswith("cuda") else 1)
     used_paths = [data.paths[i] for i in used]
     seconds = {"maps": 0.0, "maps_from_cache": 0.0, "maps_computed": 0, "dn_descriptors": 0.0, "sift": 0.0}
+    if cfg.dn_features and group.size > 1:  # every process its share of the maps, into the cache
+        t0 = time.perf_counter()
+        computed = _shared_maps(cfg, used_paths, net, out / "cache", group, batch_size=batch, progress=progress)
+        seconds["maps_computed"] = int(group.sum_floats(computed)[0])
+        group.barrier()
+        seconds["maps"] = time.perf_counter() - t0
+    if not group.is_main:
+        return None
 
     results: dict = {}
     classify_seconds = 0.0
@@ -279,6 +307,22 @@ def run_protocol(root, out, cfg: ProtocolConfig | None = None, *, device="cpu", 
     atomic_write_bytes(out / "confusion.png", figure)
     write_recognition_report(out, doc, figure)
     return doc
+
+
+def _shared_maps(cfg: ProtocolConfig, paths: list[Path], net, cache: Path, group, *, batch_size: int,
+                 progress) -> int:
+    """The maps of this process's share of ``paths`` (image ``i`` to rank ``i mod P``), inferred
+    into the cache where they are not there yet; returns how many were inferred."""
+    deepest = max(cfg.dn_features, key=lambda f: max(FEATURES[f]))
+    source = DNDescriptors(net, deepest, cache=cache, max_iter=cfg.infer_max_iter, batch_size=batch_size)
+    mine = [paths[i] for i in group.mine(range(len(paths)))]
+    computed = 0
+    with _bar(progress, len(mine), f"maps (rank 0 of {group.size})") as bar:
+        for start in range(0, len(mine), batch_size):
+            chunk = source.maps_many(mine[start:start + batch_size])
+            computed += sum(int(c) for _, c in chunk)
+            bar.update(len(chunk))
+    return computed
 
 
 def replace_split(split, index: dict):

@@ -75,14 +75,24 @@ def options_for(lc: LayerConfig, record: str = "last") -> SolverOptions:
     return AdmmOptions(lc.lam, lc.p, lc.max_iter, lc.tol, record=record)
 
 
-def solve(op: ConvOperator, y: torch.Tensor, opts: SolverOptions, z0: torch.Tensor | None = None) -> SparseCode:
+def solve(op: ConvOperator, y: torch.Tensor, opts: SolverOptions, z0: torch.Tensor | None = None,
+          batchwide=None) -> SparseCode:
     """Run the method of ``opts`` on inputs ``y`` ``(B, C, H, W)`` from ``z0`` (default zeros).
 
     Nothing is checked here: ``y``, ``z0`` and ``opts`` must come checked (from
-    :func:`sparse_code` or from a validated configuration)."""
+    :func:`sparse_code` or from a validated configuration).
+
+    ``batchwide``: ``None``, or a function that takes the maxima over this batch that a
+    method's decisions depend on (a float64 vector: FISTA's failed-decrease flag and largest
+    change; ADMM's largest relative and absolute residuals) and returns their maxima over a
+    larger batch, of which ``y`` is a part (the shares of several processes,
+    :mod:`deconvnet.distributed`); the iterates of every image are then the ones of the
+    larger batch solved at once. Continuation has no such decision."""
     if z0 is None:
         z0 = torch.zeros(op.map_shape(y.shape), dtype=y.dtype, device=y.device)
-    return _RUN[type(opts)](op, y, z0, opts)
+    if batchwide is None or isinstance(opts, ContinuationOptions):
+        return _RUN[type(opts)](op, y, z0, opts)
+    return _RUN[type(opts)](op, y, z0, opts, batchwide)
 
 
 def sparse_code(

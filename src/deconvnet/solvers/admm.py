@@ -161,8 +161,9 @@ class _Admm:
     in a tested iteration (the residual norms).
     """
 
-    def __init__(self, op: ConvOperator, y, z0, lam: float, p: float, rho: float, relax: float):
+    def __init__(self, op: ConvOperator, y, z0, lam: float, p: float, rho: float, relax: float, batchwide=None):
         B, C, H, W = y.shape
+        self.batchwide = batchwide
         self.H, self.W, self.lam, self.p, self.rho, self.relax = H, W, lam, p, rho, relax
         self.xi = 1.0 + 18.3 ** (math.log10(1.0 / lam) + 1.0)  # SPORCO's residual target, lmbda = 1/lam
         self.eps = torch.finfo(y.dtype).eps
@@ -215,6 +216,10 @@ class _Admm:
 
     def test(self, it: int, tol: float) -> bool:
         r, s = float(self.r), float(self.s)
+        if self.batchwide is not None:  # the batch's residuals over the images of every process
+            both = self.batchwide(torch.stack([self.r, self.s, self.r_abs.max(), self.s_abs.max()]).double().cpu())
+            r, s = float(both[0]), float(both[1])
+            self.r_abs, self.s_abs = both[2:3], both[3:4]
         if r < tol and s < tol and it > 1:
             return True
         factor = self._balance(it, r, s)
@@ -251,11 +256,11 @@ class _Admm:
         return _TAU if rp > _MU * sd else 1.0 / _TAU if sd > _MU * rp else 1.0
 
 
-def admm(op: ConvOperator, y: torch.Tensor, z0: torch.Tensor, opts: AdmmOptions) -> SparseCode:
+def admm(op: ConvOperator, y: torch.Tensor, z0: torch.Tensor, opts: AdmmOptions, batchwide=None) -> SparseCode:
     """Run ADMM from ``z0`` (see the module docstring); inputs are not checked here
-    (:func:`~deconvnet.sparse_code` does that)."""
+    (:func:`~deconvnet.sparse_code` does that). ``batchwide``: see :func:`~deconvnet.solvers.solve`."""
     rho = float(50.0 + opts.lam) if opts.rho is None else float(opts.rho)
-    state = _Admm(op, y, z0, opts.lam, opts.p, rho, opts.relax)
+    state = _Admm(op, y, z0, opts.lam, opts.p, rho, opts.relax, batchwide)
     every = opts.check_every if opts.check_every is not None else (1 if y.device.type == "cpu" else 20)
     with flush_denormals(opts.flush_denormals):
         history, converged, n_iter = iterate(state, max_iter=opts.max_iter, tol=opts.tol, check_every=every,

@@ -60,8 +60,10 @@ class _Fista:
     between ``z``, ``u`` and the next iterate, so the loop writes into memory it owns.
     """
 
-    def __init__(self, op: ConvOperator, y: torch.Tensor, z0: torch.Tensor, lam: float, p: float):
+    def __init__(self, op: ConvOperator, y: torch.Tensor, z0: torch.Tensor, lam: float, p: float,
+                 batchwide=None):
         self.op, self.y, self.lam, self.p = op, y, lam, p
+        self.batchwide = batchwide
         if op.boundary == "circular":  # exact, from the DFT of the filters
             L = lam * op.periodic_norm_sq(y.shape[2], y.shape[3])
         else:
@@ -117,7 +119,10 @@ class _Fista:
         return Iteration(data_new.sum(), (obj_new - data_new).sum(), change, 1.0 / L)
 
     def test(self, it: int, tol: float) -> bool:
-        if bool(self.violated):  # step too long: back to the last tested iterate, halve the step
+        violated, change = bool(self.violated), float(self.change)
+        if self.batchwide is not None:  # the batch's decision over the images of every process
+            violated, change = self.batchwide(torch.tensor([float(violated), change], dtype=torch.float64)).tolist()
+        if violated:  # step too long: back to the last tested iterate, halve the step
             self.L *= 2.0
             self.z.copy_(self.ckpt[0])
             self.u.copy_(self.ckpt[0])
@@ -126,13 +131,13 @@ class _Fista:
             self.obj = 0.5 * self.lam * bdot(self.Rz, self.Rz) + bsum(penalty_map(self.z, self.p, self.spare))
             return False
         self.ckpt = (self.ckpt[0].copy_(self.z), self.Rz)
-        return float(self.change) < tol
+        return change < tol
 
 
-def fista(op: ConvOperator, y: torch.Tensor, z0: torch.Tensor, opts: FistaOptions) -> SparseCode:
+def fista(op: ConvOperator, y: torch.Tensor, z0: torch.Tensor, opts: FistaOptions, batchwide=None) -> SparseCode:
     """Run FISTA from ``z0`` (see the module docstring); inputs are not checked here
-    (:func:`~deconvnet.sparse_code` does that)."""
-    state = _Fista(op, y, z0, opts.lam, opts.p)
+    (:func:`~deconvnet.sparse_code` does that). ``batchwide``: see :func:`~deconvnet.solvers.solve`."""
+    state = _Fista(op, y, z0, opts.lam, opts.p, batchwide)
     with flush_denormals(opts.flush_denormals):
         history, converged, n_iter = iterate(state, max_iter=opts.max_iter, tol=opts.tol,
                                              check_every=check_interval(opts.check_every, y), record=opts.record)

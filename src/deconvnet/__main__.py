@@ -1,0 +1,7 @@
+"""``python -m deconvnet`` (and ``torchrun ... -m deconvnet``): the ``deconvnet`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
