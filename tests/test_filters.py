@@ -185,6 +185,28 @@ def test_init_filters_is_seeded_and_unit_norm():
     np.testing.assert_allclose(to_np(a.flatten(2).norm(dim=-1)), 1.0, atol=1e-6)
 
 
+def test_highpass_init_is_the_normal_draw_minus_its_binomial_blur():
+    """scipy oracle: the same N(0, 1) draws minus their 3x3 [1,2,1]x[1,2,1]/16 blur with edges
+    replicated ('nearest'), then unit planes; its low frequencies are nearly gone."""
+    from scipy.ndimage import convolve
+
+    K, C, s = 6, 2, 7
+    g = np.ones((K, C), dtype=bool)
+    g[0, 1] = False
+    w = torch.randn(K, C, s, s, generator=torch.Generator().manual_seed(3), dtype=torch.float64).numpy()
+    b = np.array([1.0, 2.0, 1.0]) / 4.0
+    ref = w - np.stack([[convolve(w[k, c], np.outer(b, b), mode="nearest") for c in range(C)] for k in range(K)])
+    ref = ref / np.linalg.norm(ref.reshape(K, C, -1), axis=2)[:, :, None, None] * g[:, :, None, None]
+    f = deconvnet.init_filters(K, C, s, g, seed=3, dtype=torch.float64, kind="highpass")
+    np.testing.assert_allclose(to_np(f), ref, atol=1e-12)
+    low = lambda x: np.abs(np.fft.fft2(x)[..., :2, :2]).mean()  # noqa: E731  (the four lowest frequencies)
+    normal = deconvnet.init_filters(K, C, s, g, seed=3, dtype=torch.float64)
+    assert low(to_np(f)[g]) < 0.3 * low(to_np(normal)[g])
+    assert torch.equal(deconvnet.init_filters(3, 1, 2, seed=1, kind="highpass"), deconvnet.init_filters(3, 1, 2, seed=1))
+    with pytest.raises(ValueError, match="filter init kind='smooth' is not known"):
+        deconvnet.init_filters(3, 1, 5, kind="smooth")
+
+
 # ---------------------------------------------------------------- planted recovery
 @pytest.mark.parametrize("boundary", ["valid", "circular"])
 @pytest.mark.parametrize("use_g", [False, True], ids=["full", "sparse_g"])

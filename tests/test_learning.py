@@ -59,6 +59,12 @@ def test_density_and_filter_every_are_checked_with_one_line_errors():
         dn.LayerConfig(n_maps=2, filter_every="epoch", filter_method="cg")
     with pytest.raises(ConfigError, match="filter_every='often' is not allowed: one of batch, epoch"):
         dn.LayerConfig(n_maps=2, filter_every="often")
+    with pytest.raises(ConfigError, match=r"layer\.refine_epochs=-1 is not allowed: an integer >= 0"):
+        dn.LayerConfig(n_maps=2, filter_method="exact", refine_epochs=-1)
+    with pytest.raises(ConfigError, match="refine_epochs=1 is not allowed: 0 unless filter_method='exact'"):
+        dn.LayerConfig(n_maps=2, refine_epochs=1)
+    with pytest.raises(ConfigError, match="filter_init='zeros' is not allowed: one of randn, highpass"):
+        dn.LayerConfig(n_maps=2, filter_init="zeros")
     cfg = apply_overrides(dn.preset("fast", 2), ["density=0.02", "layer1.density=0.05"])
     assert [lc.density for lc in cfg.layers] == [0.05, 0.02]
     assert apply_overrides(cfg, ["density=none"]).layers[0].density is None
@@ -189,7 +195,76 @@ def test_online_update_solves_the_decayed_sum_of_the_batches_equations():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_refine_epochs_solve_the_summed_equations_of_their_epoch_once():
+    """refine_epochs=1 of 2: epoch 1 updates after every batch, epoch 2 codes every image with
+    the filters epoch 1 ended with and updates once, from the sum of its batches' equations
+    (built here from the maps each batch coded); it is exactly filter_every='epoch' there."""
+    ims = strokes(4, side=14)
+    lc = dn.LayerConfig(n_maps=3, filter_size=3, method="fista", lam=20.0, max_iter=30, tol=0.0, n_epochs=2,
+                        batch_size=1, filter_method="exact", refine_epochs=1)
+    spec = spec_of(lc)
+    assert [train_mod.filter_every(spec, e) for e in (1, 2)] == ["batch", "epoch"]
+    every = train_mod.filter_every(spec_of(dn.LayerConfig(n_maps=3, n_epochs=2, filter_method="exact",
+                                                         refine_epochs=5)), 1)
+    assert every == "epoch"  # more refining epochs than epochs: all of them
+    seen = []
+
+    class Record(train_mod.TrainHooks):
+        def maps_coded(self, state, batch, z):
+            seen.append((state.epoch, list(batch), z.clone(), state.filters.clone()))
+
+    fit, X = run(spec, ims, hooks=[Record()])
+    first = [f for e, _, _, f in seen if e == 1]
+    assert not torch.equal(first[0], first[-1])  # epoch 1: a new update after every image
+    second = [(b, z, f) for e, b, z, f in seen if e == 2]
+    f1 = second[0][2]
+    assert all(torch.equal(f, f1) for _, _, f in second)  # epoch 2: fixed filters while coding
+    total = None
+    for batch, z, _ in second:
+        eq = normal_equations(torch.cat([X[i] for i in batch]), z, dn.ConvOperator(f1))
+        total = eq if total is None else total + eq
+    torch.testing.assert_close(fit.filters, filters_from_equations(total, f1), rtol=0, atol=1e-12)
+
+
 # ----------------------------------------------------- calibrated sparsity
+def test_lam_step_holds_the_mean_density_of_unequal_images_at_the_target():
+    """Ten 'images' whose densities follow d_i = a_i lam^2 with a_i spread by 3x, visited in
+    random orders one per batch: after the correction settles, the epoch's mean density (what
+    its record reports) is the target, where the log-linear step settles at the geometric mean;
+    and with each step scaled by the batch's share of the epoch, the epoch means wander far
+    less than with the whole epoch's gain on every image."""
+    a = 0.01 * np.exp(np.random.default_rng(0).uniform(-0.55, 0.55, 10))
+    target = 0.03
+
+    def epoch_means(weight, epochs=200):
+        rng, lam, means = np.random.default_rng(1), 1.0, []
+        for _ in range(epochs):
+            d = []
+            for i in rng.permutation(10):
+                d.append(min(a[i] * lam ** 2, 1.0))
+                lam = train_mod.lam_step(lam, d[-1], target, weight)
+            means.append(np.mean(d))
+        return np.array(means[20:])
+
+    scaled, unscaled = epoch_means(1 / 10), epoch_means(1.0)
+    assert scaled.mean() == pytest.approx(target, rel=0.01)
+    geometric = target * np.mean(a) / np.exp(np.mean(np.log(a)))  # where a log step would settle
+    assert geometric > 1.02 * target
+    assert scaled.std() < 0.5 * unscaled.std()
+
+
+def test_lam_step_moves_an_epoch_the_same_whatever_the_batch_size():
+    one = train_mod.lam_step(1.0, 0.02, 0.03, 1.0)
+    ten = 1.0
+    for _ in range(10):
+        ten = train_mod.lam_step(ten, 0.02, 0.03, 0.1)
+    assert ten == pytest.approx(one, rel=1e-12)
+    assert one == pytest.approx(math.exp(train_mod.DENSITY_GAIN * (1 - 2 / 3) / train_mod.DENSITY_SLOPE))
+    assert train_mod.lam_step(2.0, 0.0, 0.03, 0.1) == 2.0 * train_mod.MAX_LAM_STEP  # nothing non-zero
+    assert train_mod.lam_step(1.0, 0.9, 0.01, 1.0) == 1.0 / train_mod.MAX_LAM_STEP  # clipped
+
+
+# ----------------------------------------------------- calibrated sparsity (training)
 def test_training_holds_the_target_density_and_stores_the_lam_it_used():
     lc = dn.LayerConfig(n_maps=4, filter_size=5, method="fista", p=1.0, max_iter=100, tol=1e-4, n_epochs=4,
                         batch_size=2, filter_method="exact", filter_every="epoch", density=0.04)
@@ -232,10 +307,11 @@ def test_a_network_uses_and_saves_the_calibrated_lam(tmp_path):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("every", ["epoch", "online"])
+@pytest.mark.parametrize("every", ["epoch", "online", "refine"])
 def test_an_interrupted_run_with_summed_equations_resumes_to_the_same_filters_and_lam(tmp_path, monkeypatch, every):
+    how = ["filter_every=batch", "refine_epochs=1"] if every == "refine" else [f"filter_every={every}"]
     cfg = apply_overrides(dn.preset("fast", 2), ["layer1.n_maps=4", "layer2.n_maps=10", "n_epochs=2", "max_side=32",
-                                                 "density=0.05", "filter_method=exact", f"filter_every={every}",
+                                                 "density=0.05", "filter_method=exact", *how,
                                                  "max_iter=20", "batch_size=1"])
     ims = strokes(3, side=20)
     ref = dn.DeconvNet(cfg).fit(ims)

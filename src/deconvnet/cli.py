@@ -392,7 +392,7 @@ DEMO_IMAGES = ("camera", "coins", "moon", "page", "text", "brick", "grass", "gra
                "chelsea", "rocket")
 #: the demo's changes to the preset ``calibrated``: fewer epochs, so that it ends in about a minute
 #: on 2 cores (README, "Quick start").
-DEMO_SETTINGS = ("layer1.n_epochs=4", "layer2.n_epochs=3", "layer3.n_epochs=2", "layer2.batch_size=4",
+DEMO_SETTINGS = ("layer1.n_epochs=6", "layer2.n_epochs=4", "layer3.n_epochs=4", "layer2.batch_size=4",
                  "layer3.batch_size=4")
 
 

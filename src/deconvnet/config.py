@@ -22,11 +22,14 @@ Presets (``PRESETS``):
     every layer (issue 12): ``p = 1``; sparsity set by what it does, a target fraction of
     non-zero map entries (``density``: 2.8% at layer 1, 1.45% above) to which ``lam`` is
     calibrated before the first epoch and corrected after every batch; maps inferred by FISTA
-    (layer 1: at most 100 iterations to relative tolerance 1e-4, one image per batch, 10
-    epochs; above: at most 30 iterations to 1e-3, batches of 2, 6 epochs), warm-started across
-    epochs; filters updated after every batch to the exact minimiser of the data term on the
-    unit balls (``filter_method="exact"``), then unit-norm planes; every layer's input scaled
-    to zero mean and unit variance (``scaling="std"``).
+    (layer 1: at most 100 iterations to relative tolerance 1e-4; layers 2 and 3: at most 30 and
+    25 iterations to 1e-3), warm-started across epochs, one image per batch at layer 1 and two
+    above; filters updated after every batch to the exact minimiser of the data term
+    on the unit balls (``filter_method="exact"``), then unit-norm planes; layer 1 trains 13
+    epochs, the last 3 of them refining (one exact update per epoch from all the images,
+    ``refine_epochs``), layers 2-3 train 6; high-pass random initial filters
+    (``filter_init="highpass"``); every layer's input scaled to zero mean and unit variance
+    (``scaling="std"``).
 ``fista`` (formerly ``fast``, which still works)
     the toolbox network solved to a tolerance instead of by a fixed few inexact steps: FISTA
     (``p = 1``, relative tolerance 1e-3, at most 50 iterations, warm-started across epochs),
@@ -138,6 +141,11 @@ class LayerConfig:
     needs ``filter_method="exact"``) or ``"online"`` (after every batch, solve the equations of
     about the last epoch's images: the running sum decays by ``1 - B/N`` per batch of ``B`` of
     the ``N`` images, as in Mairal et al.'s online dictionary learning; needs ``"exact"``).
+    ``refine_epochs``: the last this many of the ``n_epochs`` (all of them if it is larger, so
+    that ``--epochs`` may lower ``n_epochs`` alone) update the filters as
+    ``filter_every="epoch"`` does, once from the normal equations of all the images (needs
+    ``"exact"``): after the per-batch updates, which each fit a few images, exact alternating
+    minimisation over the whole set settles the filters.
     ``filter_init``: how the random initial filters are drawn (:func:`deconvnet.filters.init_filters`):
     ``"randn"`` (i.i.d. normal, the toolbox) or ``"highpass"`` (the same draws with their low
     frequencies removed).
@@ -161,6 +169,7 @@ class LayerConfig:
     n_cg: int = 2
     density: float | None = None
     filter_every: str = "batch"
+    refine_epochs: int = 0
     filter_init: str = "randn"
 
     def __post_init__(self):
@@ -200,6 +209,10 @@ class LayerConfig:
                 _fail(w + "density", self.density, "only with p=1 (for p < 1, z = 0 is always a local "
                       "minimiser and the non-zero fraction need not grow with lam); use lam, or p=1")
         _choice(w + "filter_every", self.filter_every, FILTER_EVERY)
+        _int(w + "refine_epochs", self.refine_epochs, minimum=0)
+        if self.refine_epochs and self.filter_method != "exact":
+            _fail(w + "refine_epochs", self.refine_epochs, f"0 unless filter_method='exact' (the refining epochs "
+                  f"solve the summed normal equations), not {self.filter_method!r}")
         _choice(w + "filter_init", self.filter_init, FILTER_INITS)
         if self.filter_every != "batch" and self.filter_method != "exact":
             _fail(w + "filter_every", self.filter_every, f"{self.filter_every!r} needs filter_method='exact' (the "
@@ -381,8 +394,9 @@ def _calibrated(n_layers: int) -> NetConfig:
         first = i == 0
         layers.append(replace(layer, method="fista", p=1.0, lam=1.0, filter_method="exact", filter_iters=4,
                               density=CALIBRATED_DENSITY[0] if first else CALIBRATED_DENSITY[1],
-                              batch_size=1 if first else 2, max_iter=100 if first else 30,
-                              tol=1e-4 if first else 1e-3, n_epochs=10 if first else 6))
+                              batch_size=1 if first else 2, max_iter=(100, 30, 25)[min(i, 2)],
+                              tol=1e-4 if first else 1e-3, n_epochs=13 if first else 6,
+                              refine_epochs=3 if first else 0, filter_init="highpass"))
     return replace(base, layers=tuple(layers), scaling="std")
 
 

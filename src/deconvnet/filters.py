@@ -231,7 +231,8 @@ class NormalEquations:
         r"""The minimiser ``(K, C, s, s)`` of the data term over planes in the unit balls
         :math:`\|f_{kc}\| \le 1`: per channel, :math:`\min_x \tfrac12 x^T G x - r^T x` with every
         ``s x s`` block of ``x`` in its ball, by ADMM on the splitting ``x = v`` (``v`` in the
-        balls; Boyd et al. 2011, Sec. 5 and 3.4.3): from ``v = f_prev``, ``u = 0``,
+        balls; Boyd et al. 2011, Sec. 5 and 3.4.3): from ``v = f_prev`` and
+        :math:`u = (r - G v)/\rho` (the scaled dual at the optimum, were ``f_prev`` optimal),
 
         .. math:: x \leftarrow (G + \rho I)^{-1}(r + \rho(v - u)),\quad
                   \hat x = \alpha x + (1-\alpha) v,\quad
@@ -306,7 +307,11 @@ def _admm_balls(G: torch.Tensor, r: torch.Tensor, x0: torch.Tensor, n: int, m: i
         return (blocks / blocks.norm(dim=2, keepdim=True).clamp_min(1.0)).view(b, N)
 
     A_inv = inverse(rho)
-    v, u = project(x0), torch.zeros_like(x0)
+    # the scaled dual starts at its value at the optimum if that were x0: u = -grad/rho, so the
+    # first step is a projected gradient step from x0 (half the iterations of u = 0 on layer-2
+    # and layer-3 equations of photos, benchmarks/bench_learning.py)
+    v = project(x0)
+    u = (r - torch.bmm(G, v[:, :, None])[:, :, 0]) / rho[:, None]
     for it in range(1, max_iter + 1):
         x = torch.bmm(A_inv, (r + rho[:, None] * (v - u))[:, :, None])[:, :, 0]
         xh = alpha * x + (1.0 - alpha) * v

@@ -66,6 +66,8 @@ class DeconvLayer(TransformerMixin, BaseEstimator):
             :class:`~deconvnet.config.LayerConfig`), and ``lam_`` holds the result.
         filter_every: ``"batch"`` or ``"epoch"`` (one exact update per epoch from the summed
             normal equations; ``filter_method="exact"``).
+        refine_epochs: the last this many epochs update the filters once per epoch from all
+            the images (``filter_method="exact"``).
         filter_init: ``"randn"`` or ``"highpass"``, the random start
             (:func:`~deconvnet.filters.init_filters`).
         seed: seeds the filter initialisation and the image order.
@@ -97,7 +99,7 @@ class DeconvLayer(TransformerMixin, BaseEstimator):
                  batch_size: int = 1, filter_method: str = "cg", filter_iters: int = 2,
                  max_iter: int | None = None, tol: float | None = None, beta0: float = 1.0,
                  beta_inc: float = 10.0, n_beta: int = 6, n_cg: int = 2, density: float | None = None,
-                 filter_every: str = "batch", filter_init: str = "randn", seed: int = 0,
+                 filter_every: str = "batch", refine_epochs: int = 0, filter_init: str = "randn", seed: int = 0,
                  device="cpu", dtype=torch.float32, progress: bool = False,
                  map_memory_limit: float = DEFAULT_MEMORY_LIMIT):
         self.in_channels, self.n_maps, self.filter_size = in_channels, n_maps, filter_size
@@ -107,6 +109,7 @@ class DeconvLayer(TransformerMixin, BaseEstimator):
         self.max_iter, self.tol, self.beta0, self.beta_inc, self.n_beta, self.n_cg = max_iter, tol, beta0, beta_inc, \
             n_beta, n_cg
         self.density, self.filter_every, self.filter_init = density, filter_every, filter_init
+        self.refine_epochs = refine_epochs
         self.seed, self.device, self.dtype, self.progress = seed, device, dtype, progress
         self.map_memory_limit = map_memory_limit
 

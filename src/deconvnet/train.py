@@ -39,7 +39,7 @@ from .solvers import IterationRecord, SolverOptions, options_for, solve
 from .sparsity import lam_for_density
 
 __all__ = ["LayerSpec", "TrainState", "EpochSums", "EpochRecord", "LayerFit", "TrainHooks", "Progress",
-           "DivergenceError", "train_layer", "batches", "batch_totals", "cos_to", "lam_step", "CALIBRATION_IMAGES",
+           "DivergenceError", "train_layer", "batches", "batch_totals", "filter_every", "cos_to", "lam_step", "CALIBRATION_IMAGES",
            "CALIBRATION_RTOL",
            "MAX_LAM_STEP", "DENSITY_SLOPE", "DENSITY_GAIN"]
 
@@ -360,7 +360,7 @@ def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: L
             if state.order is None:
                 state.order = torch.randperm(n, generator=state.rng).tolist()
                 state.batches_done, state.sums = 0, EpochSums()
-                if spec.config.filter_every == "epoch":
+                if filter_every(spec, epoch) == "epoch":
                     state.equations = None
                 t_epoch, base_epoch = time.perf_counter(), 0.0
             if state.lam is None:
@@ -371,7 +371,7 @@ def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: L
                 mine = group.mine(idx)
                 z, measured = _train_batch(inputs, shapes, idx, mine, spec, maps, state, group)
                 if density is not None:
-                    state.lam = lam_step(state.lam, measured, density)
+                    state.lam = lam_step(state.lam, measured, density, len(idx) / n)
                 for hook in hooks:
                     hook.maps_coded(state, mine, z)
                 for j, i in enumerate(mine):
@@ -381,7 +381,7 @@ def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: L
                 stamp()
                 for hook in hooks:
                     hook.batch_done(state, done, n)
-            if spec.config.filter_every == "epoch" and state.equations is not None:  # one update from all maps
+            if filter_every(spec, epoch) == "epoch" and state.equations is not None:  # one update from all maps
                 f = filters_from_equations(state.equations, state.filters, spec.g)
                 if not bool(torch.isfinite(f).all()):
                     raise DivergenceError(state.order, epoch, "the filters")
@@ -414,28 +414,34 @@ MAX_LAM_STEP = 4.0
 
 
 #: the assumed slope of :math:`\log d` against :math:`\log\lambda` (measured on photos near
-#: a few per cent: 1 to 2.5) and the gain of each batch's correction.
-DENSITY_SLOPE, DENSITY_GAIN = 2.0, 0.5
+#: a few per cent: 1 to 2.5) and the gain of the correction per epoch. On fruit, 1 per epoch
+#: lagged behind the ``lam`` that layers 2-3 need as their filters improve (it grows 3-4x over
+#: 6 epochs; their density ended at 1.0-1.15% for a target of 1.45%); 2.5 keeps it within a
+#: few per cent. The previous per-batch gain of 0.5 was 5 per epoch at layer 1 (one image per
+#: batch) and made ``lam`` wander by +-15% between epochs (``benchmarks/bench_learning.py``).
+DENSITY_SLOPE, DENSITY_GAIN = 2.0, 2.5
 
 
-def lam_step(lam: float, measured: float, density: float) -> float:
-    r"""``lam`` after a batch whose maps have the non-zero fraction ``measured``:
+def lam_step(lam: float, measured: float, density: float, weight: float = 1.0) -> float:
+    r"""``lam`` after a batch whose maps have the non-zero fraction ``measured`` and which holds
+    the fraction ``weight`` of an epoch's images:
 
-    .. math:: \log\lambda' = \log\lambda + g\,(1 - d / d^*) / \sigma
+    .. math:: \log\lambda' = \log\lambda + g\,w\,(1 - d / d^*) / \sigma
 
-    (gain ``g`` and slope :math:`\sigma`: :data:`DENSITY_GAIN`, :data:`DENSITY_SLOPE`), at
-    most a factor :data:`MAX_LAM_STEP` either way; a batch with no non-zero takes the largest
-    step up. A damped stochastic-approximation step: one batch's density varies with its
-    images, so each batch moves ``lam`` a part of the way. Its fixed point is the ``lam`` at
-    which the *mean* density of the batches is the target, which is what an epoch's
-    non-zero fraction measures; near the target it is the step
-    :math:`g(\log d^* - \log d)/\sigma` of a log-linear law, whose fixed point is the
-    geometric mean instead (above the target by half the variance of :math:`\log d`: 3-8%
-    on fruit with one image per batch). Within an epoch of ``filter_every="epoch"`` the
+    (gain ``g`` per epoch and slope :math:`\sigma`: :data:`DENSITY_GAIN`,
+    :data:`DENSITY_SLOPE`), at most a factor :data:`MAX_LAM_STEP` either way; a batch with no
+    non-zero takes the largest step up. A damped stochastic-approximation step. Its fixed point
+    is the ``lam`` at which the *mean* density of the batches is the target, which is what an
+    epoch's non-zero fraction measures (the log-linear step :math:`(\log d^* - \log d)` has the
+    geometric mean there instead, above the target by half the variance of :math:`\log d`).
+    The step is scaled by the batch's share of the epoch, so an epoch corrects ``lam`` by the
+    same amount whatever the batch size: one image's density differs from the set's by 10-30%
+    on photos, and a step of that size per image made ``lam`` wander by +-15% from epoch to
+    epoch, and the density and SNR with it. Within an epoch of ``filter_every="epoch"`` the
     filters are fixed, so the relation it corrects does not move under it."""
     if measured <= 0:
         return lam * MAX_LAM_STEP
-    step = math.exp(DENSITY_GAIN * (1.0 - measured / density) / DENSITY_SLOPE)
+    step = math.exp(DENSITY_GAIN * weight * (1.0 - measured / density) / DENSITY_SLOPE)
     return lam * min(max(step, 1.0 / MAX_LAM_STEP), MAX_LAM_STEP)
 
 
@@ -453,6 +459,14 @@ def _calibrate(inputs, shapes, spec: LayerSpec, state: TrainState, group: Group 
     cal = lam_for_density(y, state.filters, lc.density, p=lc.p, g=spec.g, boundary=spec.boundary,
                           method=lc.method, max_iter=lc.max_iter, tol=lc.tol, rtol=CALIBRATION_RTOL, **extra)
     return group.from_main(cal.lam)
+
+
+def filter_every(spec: LayerSpec, epoch: int) -> str:
+    """How the filters are updated in ``epoch`` (1-based): ``"epoch"`` in the last
+    ``refine_epochs`` epochs, else the layer's ``filter_every``."""
+    if epoch > spec.n_epochs - spec.config.refine_epochs:
+        return "epoch"
+    return spec.config.filter_every
 
 
 def cos_to(f: torch.Tensor, f0: torch.Tensor, g=None) -> float:
@@ -489,7 +503,7 @@ def _train_batch(inputs, shapes, idx: list[int], mine: list[int], spec: LayerSpe
     state.sums.add_totals(totals)
     measured = float(totals[3]) / float(totals[4])
     reduce = group.sum
-    every = spec.config.filter_every
+    every = filter_every(spec, state.epoch)
     if every == "batch":
         fopts = spec.filter_update
         f = learn_filters(y, res.z, op, fopts if state.lam == fopts.lam else replace(fopts, lam=state.lam), reduce)
@@ -524,3 +538,4 @@ def map_activity(maps: Sequence, group: Group = LOCAL, n_maps: int | None = None
         nz = group.sum(nz.cpu() if isinstance(nz, torch.Tensor) else torch.zeros(n_maps, dtype=torch.float64))
         pixels = group.sum_floats(pixels)[0]
     return (nz / pixels).cpu().numpy()
+
