@@ -22,8 +22,7 @@ def summary(run: Path) -> list[str]:
     files = json.loads((run / "run.json").read_text())["files"]
     rows = []
     for i, layer in enumerate(net.layers_, start=1):
-        f0 = dn.init_filters(layer.n_maps, layer.in_channels, layer.filter_size, layer.connectivity_,
-                             seed=net.config.seed + i)
+        f0 = layer.spec_.initial_filters()  # the start training drew (seed, kind of init)
         cos = (f0 * layer.filters_).sum((-1, -2))[layer.connectivity_].abs().mean().item()
         recon, target = net.reconstruct(files, i)
         snr = np.mean([dn.snr_db(t, r) for t, r in zip(target, recon)])
