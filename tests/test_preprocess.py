@@ -188,3 +188,46 @@ def test_rescale_affine_std_mode_is_joint_standardisation(rng):
 def test_rescale_constant_set_only_centres():
     scale, shift = rescale_affine([np.full((1, 3, 3), 2.0), np.full((1, 2, 2), 2.0)])
     assert scale == 1.0 and scale * 2.0 + shift == pytest.approx(0.0)
+
+
+# ------------------------------------------------------------------ undo (issue 14)
+@pytest.mark.parametrize("kind", ["toolbox2010", "laplacian", "lcn2011", "none"])
+def test_undo_inverts_every_normalisation_to_rounding(kind, img):
+    """undo(normalize(x)) is x (less the frame toolbox2010's 'valid' window drops), also through
+    the stored rescale; the record holds the low part and the divisor of the forward pass."""
+    from deconvnet.preprocess import normalize, undo
+
+    y, norm = normalize(img, kind)
+    np.testing.assert_array_equal(y, preprocess(img, kind))  # the same numbers as preprocess
+    crop = 2 if kind == "toolbox2010" else 0
+    assert norm.crop == crop and norm.low.shape == y.shape == norm.divisor.shape
+    inner = img[:, crop:img.shape[1] - crop, crop:img.shape[2] - crop]
+    np.testing.assert_allclose(undo(norm, y), inner, rtol=0, atol=1e-13 * np.abs(img).max())
+    a, b = 0.37, -1.25
+    back = undo(norm, torch.as_tensor(y * a + b), affine=(a, b))  # tensors too
+    np.testing.assert_allclose(back, inner, rtol=0, atol=1e-12 * np.abs(img).max())
+
+
+def test_undo_puts_back_exactly_the_part_the_network_did_not_explain(img):
+    """A reconstruction r of y gives divisor * r + low: the change in pixels is divisor times
+    the change in y (the low part and the divisor are those of the input)."""
+    from deconvnet.preprocess import normalize, undo
+
+    y, norm = normalize(img, "toolbox2010")
+    r = 0.5 * y
+    np.testing.assert_allclose(undo(norm, y) - undo(norm, r), norm.divisor * 0.5 * y, atol=1e-12)
+    with pytest.raises(ValueError, match=re.escape("y has shape (2, 3, 3); this normalisation produced (2, 19, 15)")):
+        undo(norm, np.zeros((2, 3, 3)))
+
+
+@pytest.mark.parametrize("kind", ["toolbox2010", "laplacian", "lcn2011", "none"])
+def test_gain_is_the_noise_amplification_of_the_linear_part(kind):
+    """White noise of std 1 comes out of x - low(x) with std gain (measured away from the
+    border, on an image where the divisor is constant)."""
+    from deconvnet.preprocess import normalize
+
+    n = np.random.default_rng(3).standard_normal((1, 300, 300)) * 1e-3  # small: toolbox2010's floor of 1 holds
+    y, norm = normalize(n, kind)
+    hp = ((y * norm.divisor)[:, 10:-10, 10:-10] if kind != "lcn2011" else
+          (n - norm.low)[:, 10:-10, 10:-10])
+    assert hp.std() / 1e-3 == pytest.approx(norm.gain, rel=0.02)

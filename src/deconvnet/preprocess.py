@@ -24,11 +24,20 @@ the network converts them to tensors.
     ``y = scale * x + shift``, so that it can be stored and reapplied to new images.
 ``preprocess``: one of the above by name (``"toolbox2010"``, ``"laplacian"``, ``"lcn2011"``,
     ``"none"``).
+``normalize`` and ``undo`` (issue 14, restoration): every kind is
+    ``y = (x - low) / divisor`` on the image less a frame of ``crop`` pixels, with ``low`` the part
+    it removes (a local mean; the Laplacian's neighbour mean) and ``divisor`` a local standard
+    deviation (a constant for the Laplacian). :func:`normalize` returns ``y`` and a
+    :class:`Normalization` record holding ``low``, ``divisor`` and ``crop``; :func:`undo` maps a
+    reconstruction of ``y`` (after the stored rescale) back to pixel values,
+    ``divisor * (y - b) / a + low``: exactly the image for ``y`` itself, and for a
+    reconstruction the image with its ``y``-part replaced.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.signal import convolve2d
@@ -36,7 +45,7 @@ from scipy.signal import convolve2d
 from .config import PREPROCESSING
 
 __all__ = ["gaussian_kernel", "local_contrast_normalize", "laplacian_normalize", "local_normalize_2011",
-           "preprocess", "rescale_affine", "rescale_dataset"]
+           "preprocess", "normalize", "undo", "Normalization", "rescale_affine", "rescale_dataset"]
 
 def gaussian_kernel(size: int = 5, sigma: float = 1.591) -> np.ndarray:
     """``size x size`` Gaussian with unit sum (toolbox default 5, 1.591)."""
@@ -48,6 +57,12 @@ def gaussian_kernel(size: int = 5, sigma: float = 1.591) -> np.ndarray:
 def local_contrast_normalize(image: np.ndarray, size: int = 5, sigma: float = 1.591) -> np.ndarray:
     """The 2010 toolbox's local contrast normalisation of one ``(C, H, W)`` image; returns
     ``(C, H-size+1, W-size+1)``."""
+    return _toolbox2010(image, size, sigma)[0]
+
+
+def _toolbox2010(image, size: int = 5, sigma: float = 1.591):
+    """``(out, low, divisor)`` of the 2010 toolbox's normalisation: ``out = (x_in - low) / divisor``
+    on the interior ``x_in`` (``size // 2`` pixels in from every side)."""
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 3:
         raise ValueError(f"image must have shape (C, H, W), got {image.shape}")
@@ -55,17 +70,26 @@ def local_contrast_normalize(image: np.ndarray, size: int = 5, sigma: float = 1.
         raise ValueError(f"image of size {image.shape[1:]} is smaller than the {size}x{size} normalisation window")
     k = gaussian_kernel(size, sigma)
     h = size // 2
-    out = []
+    out, low, div = [], [], []
     for x in image:
-        x = x - x.mean()
-        centred = x[h:x.shape[0] - h, h:x.shape[1] - h] - convolve2d(x, k, mode="valid")
+        m = x.mean()
+        x = x - m
+        local_mean = convolve2d(x, k, mode="valid")
+        centred = x[h:x.shape[0] - h, h:x.shape[1] - h] - local_mean
         local_sd = np.sqrt(convolve2d(centred ** 2, k, mode="same", boundary="symm"))
-        out.append(centred / np.maximum(local_sd, 1.0))
-    return np.stack(out)
+        d = np.maximum(local_sd, 1.0)
+        out.append(centred / d)
+        low.append(local_mean + m)
+        div.append(d)
+    return np.stack(out), np.stack(low), np.stack(div)
 
 
 #: MATLAB ``fspecial('laplacian', 0.2)``: ``4/(a+1) * [[a/4, (1-a)/4, a/4], [(1-a)/4, -1, ...], ...]``.
 LAPLACIAN_02 = (4.0 / 1.2) * np.array([[0.05, 0.2, 0.05], [0.2, -1.0, 0.2], [0.05, 0.2, 0.05]])
+#: the Laplacian as ``LAPLACIAN_GAIN * (x - NEIGHBOUR_MEAN * x)``: its centre is ``-10/3`` and its
+#: 8 neighbours, which sum to ``10/3``, are ``10/3`` times the weighted mean ``NEIGHBOUR_MEAN``.
+LAPLACIAN_GAIN = -LAPLACIAN_02[1, 1]
+NEIGHBOUR_MEAN = np.where(np.arange(9).reshape(3, 3) == 4, 0.0, LAPLACIAN_02 / LAPLACIAN_GAIN)
 
 
 def laplacian_normalize(image: np.ndarray) -> np.ndarray:
@@ -76,20 +100,40 @@ def laplacian_normalize(image: np.ndarray) -> np.ndarray:
     return np.stack([convolve(x, LAPLACIAN_02, mode="reflect") for x in image])
 
 
+def _laplacian(image):
+    """``(out, low, divisor)`` of the Laplacian: ``out = (x - low) / divisor`` with ``low`` the
+    neighbour mean and ``divisor = -1 / LAPLACIAN_GAIN`` (``-0.3``)."""
+    from scipy.ndimage import convolve  # noqa: PLC0415
+
+    out = laplacian_normalize(image)
+    image = np.asarray(image, dtype=np.float64)
+    low = np.stack([convolve(x, NEIGHBOUR_MEAN, mode="reflect") for x in image])
+    return out, low, np.full_like(out, -1.0 / LAPLACIAN_GAIN)
+
+
 def local_normalize_2011(image: np.ndarray, size: int = 13, sigma: float = 3 * 1.591) -> np.ndarray:
     """The 2011 toolbox's local normalisation of ``(C, H, W)``, same size (see module doc)."""
+    return _lcn2011(image, size, sigma)[0]
+
+
+def _lcn2011(image, size: int = 13, sigma: float = 3 * 1.591):
+    """``(out, low, divisor)`` of the 2011 toolbox's local normalisation."""
     from scipy.ndimage import convolve  # noqa: PLC0415
 
     image = _check_image(image, 2)
     k = gaussian_kernel(size, sigma)
-    out = []
+    out, low, div = [], [], []
     for x in image:
-        centred = x - convolve(x, k, mode="reflect")
+        local_mean = convolve(x, k, mode="reflect")
+        centred = x - local_mean
         local_sd = np.sqrt(np.maximum(convolve(centred ** 2, k, mode="reflect"), 0.0))
         # the median floor, but never below round-off: a flat image must stay flat (zeros)
         floor = max(float(np.median(local_sd)), 1e-6 * float(np.abs(x).max()), np.finfo(np.float64).tiny)
-        out.append(centred / np.maximum(local_sd, floor))
-    return np.stack(out)
+        d = np.maximum(local_sd, floor)
+        out.append(centred / d)
+        low.append(local_mean)
+        div.append(d)
+    return np.stack(out), np.stack(low), np.stack(div)
 
 
 def _check_image(image, min_side: int) -> np.ndarray:
@@ -105,16 +149,94 @@ def preprocess(image: np.ndarray, kind: str = "toolbox2010") -> np.ndarray:
     """Apply one named preprocessing to a ``(C, H, W)`` image (see the module docstring).
 
     ``"toolbox2010"`` shrinks each side by 4 ('valid' 5x5); the others keep the size.
+    :func:`normalize` returns the same array and what :func:`undo` needs to invert it.
     """
+    return normalize(image, kind)[0]
+
+
+@dataclass(frozen=True)
+class Normalization:
+    r"""What a normalisation removed from an image, so that :func:`undo` can put it back.
+
+    Every kind is :math:`y = (x_\text{in} - \text{low}) / \text{divisor}` on ``x_in``, the image
+    less a frame of ``crop`` pixels on every side:
+
+    ============== ============================================= ==================== ====
+    kind           ``low``                                       ``divisor``          crop
+    ============== ============================================= ==================== ====
+    toolbox2010    5x5 Gaussian local mean ('valid')             local std, floored 1  2
+    laplacian      weighted mean of the 8 neighbours             ``-0.3`` (constant)   0
+    lcn2011        13x13 Gaussian local mean (reflected border)  local std, floored    0
+    none           0                                             1                     0
+    ============== ============================================= ==================== ====
+
+    Fields: ``kind``; ``low`` and ``divisor`` ``(C, H - 2 crop, W - 2 crop)``; ``crop``;
+    ``gain``: the root-mean-square gain of the linear part :math:`x \mapsto x - \text{low}(x)`
+    on white noise away from the border (the l2 norm of its impulse response), so that noise of
+    standard deviation ``sigma`` in ``x`` has ``sigma * gain / |divisor|`` in ``y``.
+
+    The inverse is exact on ``x_in`` (:func:`undo`). It is not an inverse of the whole image
+    for ``toolbox2010``: its 'valid' window drops a frame of 2 pixels, which no record can
+    restore (:mod:`deconvnet.restoration` pads the image by reflection first, so that the
+    frame it drops is the padding).
+    """
+
+    kind: str
+    low: np.ndarray
+    divisor: np.ndarray
+    crop: int
+    gain: float
+
+    def interior(self, image: np.ndarray) -> np.ndarray:
+        """``image`` ``(C, H, W)`` without the frame this normalisation drops."""
+        c = self.crop
+        return image if c == 0 else image[:, c:image.shape[1] - c, c:image.shape[2] - c]
+
+
+def _impulse_gain(kernel: np.ndarray) -> float:
+    """The l2 norm of ``delta - kernel`` (``kernel`` odd-sized, centred)."""
+    d = -np.asarray(kernel, dtype=np.float64).copy()
+    d[d.shape[0] // 2, d.shape[1] // 2] += 1.0
+    return float(np.sqrt((d ** 2).sum()))
+
+
+def normalize(image: np.ndarray, kind: str = "toolbox2010") -> tuple[np.ndarray, Normalization]:
+    """:func:`preprocess` of a ``(C, H, W)`` image, and the :class:`Normalization` that
+    :func:`undo` inverts it with: ``undo(norm, y)`` is ``norm.interior(image)`` to rounding."""
     if kind == "toolbox2010":
-        return local_contrast_normalize(image)
+        y, low, div = _toolbox2010(image)
+        return y, Normalization(kind, low, div, 2, _impulse_gain(gaussian_kernel(5, 1.591)))
     if kind == "laplacian":
-        return laplacian_normalize(image)
+        y, low, div = _laplacian(image)
+        return y, Normalization(kind, low, div, 0, _impulse_gain(NEIGHBOUR_MEAN))
     if kind == "lcn2011":
-        return local_normalize_2011(image)
+        y, low, div = _lcn2011(image)
+        return y, Normalization(kind, low, div, 0, _impulse_gain(gaussian_kernel(13, 3 * 1.591)))
     if kind == "none":
-        return _check_image(image, 1)
+        y = _check_image(image, 1)
+        return y, Normalization(kind, np.zeros_like(y), np.ones_like(y), 0, 1.0)
     raise ValueError(f"preprocess={kind!r} is not known; use one of {', '.join(PREPROCESSING)}")
+
+
+def undo(norm: Normalization, y, affine: tuple[float, float] = (1.0, 0.0)) -> np.ndarray:
+    r"""Map ``y`` from the network's input space back to pixel values: the inverse of
+    :func:`normalize` followed by the affine rescale ``y = a * n + b`` (the network's
+    ``input_affine_``),
+
+    .. math:: x = \text{divisor} \odot (y - b) / a + \text{low}.
+
+    ``y``: ``(C, H', W')`` numpy or torch, the shape of ``norm.low`` (a reconstruction of
+    :func:`normalize`'s output). Returns float64 numpy ``(C, H', W')``: for ``y`` the output
+    of :func:`normalize` (rescaled by ``affine``), the image without its dropped frame
+    (:meth:`Normalization.interior`), to rounding.
+    """
+    if not isinstance(y, np.ndarray):
+        y = y.detach().cpu().double().numpy()
+    y = np.asarray(y, dtype=np.float64)
+    if y.shape != norm.low.shape:
+        raise ValueError(f"y has shape {y.shape}; this normalisation produced {norm.low.shape}")
+    a, b = affine
+    return norm.divisor * ((y - b) / a) + norm.low
 
 
 def rescale_affine(images, mode: str = "minmax", group=None) -> tuple[float, float]:
