@@ -37,7 +37,8 @@ from .network import DeconvNet, snr_db
 from .ops import ConvOperator, MapOperator, filter_gradient, synthesize, synthesize_adjoint
 from .images import ImageReadError, ImageSet, read_folder, read_images
 from .sparsity import Calibration, lam_for_density, lam_zero
-from . import distributed, paths, runtime
+from . import distributed, paths, restoration, runtime
+from .restoration import RestoreSettings
 
 __all__ = [
     "ConfigError",
@@ -78,5 +79,7 @@ __all__ = [
     "lam_zero",
     "distributed",
     "paths",
+    "restoration",
+    "RestoreSettings",
     "runtime",
 ]

@@ -8,6 +8,10 @@ Commands (``deconvnet COMMAND --help`` for each):
 - ``project MODEL --out DIR``: a PNG grid of pixel-space filters per layer
 - ``reconstruct MODEL IMAGE --layer L --out FILE``: a PNG of the reconstruction; prints its SNR
 - ``report RUN_DIR``: ``RUN_DIR/report.html``
+- ``denoise MODEL IMAGE --sigma S [--layer L] --out FILE``: remove Gaussian noise (``S`` on the
+  0-255 scale); ``--noise-sigma S`` adds seeded noise to a clean IMAGE and prints the PSNR and
+  SSIM of the noisy input and of every layer's reconstruction (:mod:`deconvnet.restoration`)
+- ``inpaint MODEL IMAGE --mask MASK [--layer L] --out FILE``: fill the pixels MASK marks 0
 - ``demo [--out DIR]``: trains a 3-layer network on images shipped with scikit-image, writes
   the report and says where it is
 - ``caltech DATA_DIR --train-per-class 15,30 --splits 5 --features dn1,dn2,dn12,sift --out DIR``:
@@ -377,6 +381,162 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+#: suffixes the restoration commands write (lossless formats PIL writes).
+RESTORED_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+
+
+def _check_out_file(out) -> Path:
+    out = Path(out)
+    if out.suffix.lower() not in RESTORED_SUFFIXES:
+        raise UserError(f"--out {out}: give a file name ending in {', '.join(RESTORED_SUFFIXES)} (a lossless image)")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name")
+    return out
+
+
+def _write_restored(path: Path, x: np.ndarray) -> Path:
+    """``(H, W)`` or ``(H, W, 3)`` in [0, 1] as an 8-bit grey or RGB image file, atomically."""
+    from PIL import Image  # noqa: PLC0415
+
+    from ._files import atomic_write_bytes  # noqa: PLC0415
+
+    a = (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    buf = io.BytesIO()
+    fmt = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}[path.suffix.lower()]
+    Image.fromarray(a, mode="L" if a.ndim == 2 else "RGB").save(buf, format=fmt)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _sigma_arg(text, name: str) -> float | None:
+    """A noise level on the 0-255 scale from the command line, checked before any work."""
+    from .restoration import check_sigma  # noqa: PLC0415
+
+    if text is None:
+        return None
+    try:
+        return check_sigma(text, name)
+    except ValueError:
+        raise UserError(f"{name} {text}: give the noise's standard deviation on the 0-255 scale, a finite "
+                        "number >= 0 (e.g. 25)") from None
+
+
+def _read_one(path: Path, color: str) -> np.ndarray:
+    from .images import ImageReadError, load_image  # noqa: PLC0415
+
+    try:
+        return load_image(path, color)
+    except ImageReadError as err:
+        raise UserError(str(err)) from None
+
+
+def _layers_arg(net, layer) -> int:
+    if layer is None:
+        return 1
+    try:
+        return net.check_layer(layer)
+    except ValueError as err:
+        raise UserError(f"--layer {layer}: this model has layers 1 to {net.n_layers}") from err
+
+
+def _settings(args):
+    from .restoration import RestoreSettings  # noqa: PLC0415
+
+    try:
+        extra = {} if args.lam_factor is None else {"lam_factor": args.lam_factor}
+        return RestoreSettings(copies=args.copies, two_pass=args.two_pass, **extra)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def cmd_denoise(args) -> int:
+    """Denoise one image; with ``--noise-sigma``, add noise to a clean image first and score
+    every layer's reconstruction."""
+    from .restoration import restore  # noqa: PLC0415
+
+    sigma = _sigma_arg(args.sigma, "--sigma")
+    noise = _sigma_arg(args.noise_sigma, "--noise-sigma")
+    if sigma is None and noise is None:
+        raise UserError("denoise needs --sigma S (the noise level of IMAGE, 0-255 scale), or --noise-sigma S "
+                        "to add noise to a clean IMAGE")
+    if sigma is None:
+        sigma = noise
+    settings = _settings(args)
+    out = _check_out_file(args.out)
+    (path,) = _image_files([args.image])
+    model = Path(args.model)
+    if not model.exists():
+        raise UserError(f"{args.model}: no such run folder or model file")
+    net = _load(args.model, _device(args.device))
+    L = _layers_arg(net, args.layer)
+    x = _read_one(path, net.config.color)  # (C, H, W) in [0, 1]
+    if noise is None:
+        (res,) = restore(net, [_hwc(x)], sigma=sigma / 255.0, layers=(L,), settings=settings)
+        _write_restored(out, _hwc(res[L]))
+        print(f"{path.name}: denoised from layer {L} (sigma {sigma:g} on the 0-255 scale) -> {out}")
+        return 0
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # noqa: PLC0415
+
+    rng = np.random.default_rng(args.seed)
+    clean = _hwc(x)
+    noisy = clean + rng.standard_normal(clean.shape) * (noise / 255.0)
+    layers = list(range(1, net.n_layers + 1))
+    (res,) = restore(net, [noisy], sigma=sigma / 255.0, layers=layers, settings=settings)
+    channel = None if clean.ndim == 2 else 2
+
+    def score(est):
+        return (peak_signal_noise_ratio(clean, est, data_range=1.0),
+                structural_similarity(clean, est, data_range=1.0, channel_axis=channel))
+
+    rows = [("noisy input", *score(noisy), _write_restored(out.with_name(f"{out.stem}.noisy{out.suffix}"), noisy))]
+    for k in layers:
+        est = _hwc(res[k])
+        target = out if k == L else out.with_name(f"{out.stem}.layer{k}{out.suffix}")
+        rows.append((f"layer {k}", *score(est), _write_restored(target, est)))
+    print(f"{path.name}: Gaussian noise of sigma {noise:g} (0-255 scale, seed {args.seed}), denoised with "
+          f"sigma {sigma:g}")
+    print(f"{'':<12} {'PSNR dB':>8} {'SSIM':>6}  file")
+    for name, p, s_, f in rows:
+        print(f"{name:<12} {p:8.2f} {s_:6.3f}  {f}")
+    return 0
+
+
+def _hwc(x: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` -> ``(H, W)`` (grey) or ``(H, W, C)``."""
+    return x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, 2)
+
+
+def cmd_inpaint(args) -> int:
+    """Fill the pixels of IMAGE that MASK marks missing (0)."""
+    from .restoration import restore  # noqa: PLC0415
+
+    sigma = _sigma_arg(args.sigma, "--sigma")
+    settings = _settings(args)
+    out = _check_out_file(args.out)
+    (path,) = _image_files([args.image])
+    (mpath,) = _image_files([args.mask])
+    if not Path(args.model).exists():
+        raise UserError(f"{args.model}: no such run folder or model file")
+    x = _read_one(path, "gray")
+    m = _read_one(mpath, "gray")[0]
+    if m.shape != x.shape[1:]:
+        raise UserError(f"--mask {mpath}: {m.shape[0]}x{m.shape[1]} pixels, the image is {x.shape[1]}x{x.shape[2]}; "
+                        "the mask must have the image's size")
+    known = m > 0
+    if not known.any():
+        raise UserError(f"--mask {mpath}: every pixel is 0 (missing); nothing to restore from (non-zero = known)")
+    net = _load(args.model, _device(args.device))
+    L = _layers_arg(net, args.layer)
+    img = _hwc(_read_one(path, net.config.color))
+    (res,) = restore(net, [img], sigma=None if not sigma else sigma / 255.0, masks=[known.astype(np.float64)],
+                     layers=(L,), settings=settings)
+    _write_restored(out, _hwc(res[L]))
+    print(f"{path.name}: {int((~known).sum())} of {known.size} pixels missing ({100 * (~known).mean():.1f}%), "
+          f"filled from layer {L} -> {out}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import write_report  # noqa: PLC0415
 
@@ -550,6 +710,42 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE.png")
     device(p)
     p.set_defaults(func=cmd_reconstruct)
+
+    def restoring(p):
+        p.add_argument("--layer", type=int, default=None, help="reconstruct from this layer's maps (default 1)")
+        p.add_argument("--lam-factor", type=float, default=None, metavar="C",
+                       help="c in lam = c / sigma_y^2 at layer 1 (default: deconvnet.restoration.LAM_FACTOR)")
+        p.add_argument("--copies", type=int, default=1, metavar="N",
+                       help="average the results of N of the 8 flips/transpositions of the image (1-8; "
+                            "default 1; N times slower)")
+        p.add_argument("--two-pass", action="store_true",
+                       help="take the low frequencies from a first estimate (twice slower)")
+        device(p)
+
+    p = sub.add_parser("denoise", help="remove Gaussian noise from an image (sigma on the 0-255 scale)")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--sigma", default=None, metavar="S",
+                   help="standard deviation of the noise in IMAGE on the 0-255 scale (e.g. 25), whatever the "
+                        "file's bit depth; with --noise-sigma, default that value")
+    p.add_argument("--noise-sigma", default=None, metavar="S",
+                   help="IMAGE is clean: add Gaussian noise of this standard deviation (0-255 scale, seeded), "
+                        "denoise it, and print PSNR and SSIM of the noisy input and of every layer's "
+                        "reconstruction; writes FILE (from --layer) and FILE's stem .noisy / .layerN beside it")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise of --noise-sigma (default 0)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the denoised image (.png, .tif or .bmp)")
+    restoring(p)
+    p.set_defaults(func=cmd_denoise)
+
+    p = sub.add_parser("inpaint", help="fill the missing pixels of an image")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--mask", required=True, metavar="MASK",
+                   help="an image file of IMAGE's size: non-zero = known pixel, 0 (black) = missing")
+    p.add_argument("--sigma", default=None, metavar="S", help="noise on the known pixels, 0-255 scale (default none)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the restored image (.png, .tif or .bmp)")
+    restoring(p)
+    p.set_defaults(func=cmd_inpaint)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html")
     p.add_argument("run_dir", metavar="RUN_DIR")

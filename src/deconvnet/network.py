@@ -432,6 +432,24 @@ class DeconvNet:
                 where[k, j] = torch.tensor([i, top, left])
         return TopPatches(patches, values, where)
 
+    # ---------------------------------------------------------- restoration
+    def denoise(self, images, sigma: float, *, layer: int = 1, settings=None) -> list:
+        """Remove white Gaussian noise of standard deviation ``sigma`` (on the [0, 1] scale)
+        from ``images``, reconstructing them from the maps of ``layer`` alone, with a
+        noise-aware ``lam`` at layer 1; returns ``(H, W)`` / ``(H, W, 3)`` arrays in [0, 1]
+        at the images' own size. See :func:`deconvnet.restoration.denoise`."""
+        from .restoration import denoise  # noqa: PLC0415
+
+        return denoise(self, images, sigma, layer=layer, settings=settings)
+
+    def inpaint(self, images, masks, *, layer: int = 1, sigma: float | None = None, settings=None) -> list:
+        """Fill the pixels of ``images`` that ``masks`` mark 0 (one ``(H, W)`` mask per image,
+        1 = known) from the maps of ``layer``; the known pixels are kept. See
+        :func:`deconvnet.restoration.inpaint`."""
+        from .restoration import inpaint  # noqa: PLC0415
+
+        return inpaint(self, images, masks, layer=layer, sigma=sigma, settings=settings)
+
     # --------------------------------------------------------------- files
     def save(self, path) -> Path:
         """Write ``model.safetensors`` and ``model.json`` (``path``: a folder or a

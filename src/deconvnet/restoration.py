@@ -1,0 +1,439 @@
+r"""Image restoration with a trained network: denoising and inpainting (issue 14).
+
+Denoising an image ``x = x0 + n`` (``n`` white Gaussian noise of standard deviation ``sigma``
+on the [0, 1] scale) from the maps of layer ``L``:
+
+1. pad ``x`` by reflection by the frame the preprocessing drops (2 pixels for
+   ``toolbox2010``), so that the whole image comes back;
+2. normalise it (:func:`deconvnet.preprocess.normalize`): ``y = a (x - low) / divisor + b``,
+   keeping ``low``, ``divisor`` and the stored affine ``(a, b)``;
+3. infer the maps of layers ``1..L`` with the noise-aware weight at layer 1 (below) and each
+   layer's own ``lam`` above;
+4. synthesise layer ``L``'s maps alone down to layer 1's input space
+   (:meth:`DeconvNet.synthesize_down <deconvnet.DeconvNet.synthesize_down>`);
+5. undo the normalisation (:func:`deconvnet.preprocess.undo`) and drop the padding.
+
+**The noise-aware weight.** With unit-norm filters the data term of layer 1 is a Gaussian
+log-likelihood: for noise of standard deviation :math:`\sigma_y` in the network's input space,
+MAP estimation with a Laplace prior of scale :math:`b` on the maps minimises
+:math:`\|Dz - y\|^2 / (2\sigma_y^2) + \|z\|_1 / b`, which is the layer's cost with
+
+.. math:: \lambda = \frac{c}{\sigma_y^2}, \qquad \sigma_y = a\,\sigma\,g / \bar d,
+
+where the preprocessing carries the pixel noise into the input space: ``a`` is the stored
+input scale, ``g`` the noise gain of the normalisation's linear part
+(:attr:`Normalization.gain <deconvnet.preprocess.Normalization.gain>`, 0.94 for
+``toolbox2010``) and :math:`\bar d` the median of its divisor (1 for ``toolbox2010`` on
+images in [0, 1]). The factor ``c`` (the prior's scale, :data:`LAM_FACTOR`) was fitted on
+training photos (README, "Restoration"); :func:`noise_lam` computes ``lam``.
+
+**What the network does not code.** The network sees ``x - low`` only: ``low`` (the local
+mean the normalisation removes) comes back unchanged, noise included (for ``toolbox2010``,
+the 5x5 Gaussian passes 18% of the noise's standard deviation). ``RestoreSettings(two_pass=
+True)`` takes it from a first estimate instead: ``low`` is recomputed from the first
+pass's result and the noisy image less that ``low`` is coded again, so that the noise in the
+low frequencies, which the filters cannot represent, is left out.
+
+Inpainting (``masks``, 1 = known pixel, 0 = missing) uses the masked data term of the
+solvers (``sparse_code(..., mask=...)``): the missing pixels are first filled by a cheap
+interpolation (:func:`fill_missing`, normalised convolution) so that the preprocessing, which
+mixes neighbouring pixels, does not see arbitrary values there; the data term then ignores
+them, the maps explain the known pixels only, and the synthesis fills the missing ones. Without
+noise (``sigma`` 0 or ``None``) the known pixels are kept as given in the result; with noise
+they are denoised too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .images import read_images
+from .preprocess import Normalization, normalize, undo
+
+__all__ = ["RestoreSettings", "LAM_FACTOR", "noise_lam", "noise_std_in", "restore", "denoise", "inpaint",
+           "fill_missing", "check_sigma", "check_masks", "PixelOperator", "DIHEDRAL"]
+
+#: ``c`` of the noise-aware weight ``lam = c / sigma_y^2`` (see the module docstring).
+LAM_FACTOR = 0.5
+
+#: the 8 flips and transpositions of a square (``(transpose, flip rows, flip columns)``).
+DIHEDRAL = tuple((t, r, c) for t in (False, True) for r in (False, True) for c in (False, True))
+
+
+@dataclass(frozen=True)
+class RestoreSettings:
+    """How :func:`restore` infers and combines.
+
+    ``lam_factor``: ``c`` in ``lam = c / sigma_y^2`` at layer 1 (denoising). ``upper_lam_scale``:
+    layers above 1 use their own ``lam`` times this. ``max_iter`` / ``tol``: the solver's cap
+    and tolerance (``None``: the layer's own). ``copies``: how many of the 8 flips and
+    transpositions of the image (:data:`DIHEDRAL`) are restored and averaged (1 = the image
+    alone). ``two_pass``: recompute the low part from a first estimate (module docstring).
+    ``clip``: clip the result to [0, 1].
+    """
+
+    lam_factor: float = LAM_FACTOR
+    upper_lam_scale: float = 1.0
+    max_iter: int = 300
+    tol: float = 1e-4
+    copies: int = 1
+    two_pass: bool = False
+    clip: bool = True
+    inference: str = "pixel"
+    pixel_lam_scale: float = 1.0
+    debias: int = 0
+    inpaint_sigma: float = 0.02
+
+    def __post_init__(self):
+        for name in ("lam_factor", "upper_lam_scale", "pixel_lam_scale", "inpaint_sigma"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
+                raise ValueError(f"{name}={v!r} is not allowed: a finite number > 0")
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise ValueError(f"max_iter={self.max_iter!r} is not allowed: an integer >= 1")
+        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not self.tol >= 0:
+            raise ValueError(f"tol={self.tol!r} is not allowed: a number >= 0")
+        if self.inference not in ("pixel", "layerwise"):
+            raise ValueError(f"inference={self.inference!r} is not allowed: 'pixel' or 'layerwise'")
+        if self.copies not in range(1, 9) or isinstance(self.copies, bool):
+            raise ValueError(f"copies={self.copies!r} is not allowed: an integer from 1 to 8")
+
+
+# ------------------------------------------------------------------ checks
+def check_sigma(sigma, name: str = "sigma") -> float:
+    """``sigma`` as a float, if it is a finite number >= 0; else ``ValueError``."""
+    try:
+        value = float(sigma)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={sigma!r} is not a number") from None
+    if isinstance(sigma, bool) or not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name}={sigma!r} is not allowed: a finite number >= 0")
+    return value
+
+
+def check_masks(masks, images: list[np.ndarray]) -> list[np.ndarray]:
+    """One mask per image, ``(H, W)`` (every channel) or ``(C, H, W)``, values in [0, 1] with
+    0 = missing; returned as float64 ``(C, H, W)``. ``ValueError`` for a mask of another size,
+    values outside [0, 1] or NaN, or a mask that hides every pixel."""
+    if isinstance(masks, np.ndarray) and masks.ndim == 2 or isinstance(masks, torch.Tensor) and masks.ndim == 2:
+        masks = [masks]
+    masks = list(masks)
+    if len(masks) != len(images):
+        raise ValueError(f"{len(masks)} mask(s) for {len(images)} image(s): give one mask per image")
+    out = []
+    for i, (m, x) in enumerate(zip(masks, images)):
+        m = m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
+        m = m.astype(np.float64)
+        C, H, W = x.shape
+        if m.ndim == 2:
+            m = np.broadcast_to(m[None], (C, *m.shape))
+        if m.shape[1:] != (H, W) or m.shape[0] not in (1, C):
+            raise ValueError(f"mask {i} is {'x'.join(map(str, m.shape[-2:]))}, image {i} is {H}x{W}: "
+                             "a mask must have the image's size")
+        if not np.isfinite(m).all() or m.min() < 0 or m.max() > 1:
+            raise ValueError(f"mask {i} has values outside [0, 1] (or NaN): 1 = known pixel, 0 = missing")
+        if not (m > 0).any():
+            raise ValueError(f"mask {i} hides every pixel: there is nothing to restore from")
+        out.append(np.array(np.broadcast_to(m, (C, H, W)), dtype=np.float64))
+    return out
+
+
+# ------------------------------------------------------------ the weight
+def noise_std_in(net, norm: Normalization, sigma: float) -> float:
+    r""":math:`\sigma_y = a\,\sigma\,g / \bar d`: the standard deviation in ``net``'s layer-1
+    input space of white noise of ``sigma`` in the image (module docstring)."""
+    a = abs(net.input_affine_[0])
+    d = float(np.median(np.abs(norm.divisor)))
+    return a * sigma * norm.gain / d
+
+
+def noise_lam(sigma_in: float, factor: float = LAM_FACTOR) -> float:
+    r"""The noise-aware weight :math:`\lambda = c / \sigma_y^2` for noise of standard deviation
+    ``sigma_in`` in the network's input space."""
+    if sigma_in <= 0:
+        raise ValueError(f"sigma_in={sigma_in!r}: the noise-aware weight needs noise (> 0)")
+    return factor / sigma_in ** 2
+
+
+# ------------------------------------------------------------------ core
+def fill_missing(x: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``x`` ``(C, H, W)`` with its missing pixels (``m == 0``) filled by normalised
+    convolution: the mean of the known pixels under Gaussians of growing width (1, 2, 4, ...
+    pixels), each pixel from the narrowest one that reaches a known pixel. Known pixels stay."""
+    from scipy.ndimage import gaussian_filter  # noqa: PLC0415
+
+    out = x.copy()
+    for c in range(x.shape[0]):
+        known = (m[c] > 0).astype(np.float64)
+        todo = known == 0
+        w = 1.0
+        while todo.any():
+            num = gaussian_filter(x[c] * known, w, mode="reflect")
+            den = gaussian_filter(known, w, mode="reflect")
+            ok = todo & (den > 1e-3)
+            out[c][ok] = num[ok] / den[ok]
+            todo &= ~ok
+            w *= 2.0
+            if w > 4 * max(x.shape[1:]):  # unreachable with at least one known pixel
+                out[c][todo] = x[c][known > 0].mean()
+                break
+    return out
+
+
+def _transform(x: np.ndarray, t) -> np.ndarray:
+    transpose, rows, cols = t
+    if transpose:
+        x = x.transpose(0, 2, 1)
+    if rows:
+        x = x[:, ::-1]
+    if cols:
+        x = x[:, :, ::-1]
+    return np.ascontiguousarray(x)
+
+
+def _untransform(x: np.ndarray, t) -> np.ndarray:
+    transpose, rows, cols = t
+    if cols:
+        x = x[:, :, ::-1]
+    if rows:
+        x = x[:, ::-1]
+    if transpose:
+        x = x.transpose(0, 2, 1)
+    return np.ascontiguousarray(x)
+
+
+class PixelOperator:
+    r"""Layer ``L``'s maps to layer 1's input space, the linear part of
+    :meth:`DeconvNet.synthesize_down <deconvnet.DeconvNet.synthesize_down>`, with an optional
+    per-pixel weight ``w`` folded in:
+
+    .. math:: P z = \sqrt{w} \odot D_1 a_1^{-1} D_2 \cdots a_{L-1}^{-1} D_L z,
+              \qquad P^T r = D_L^T a_{L-1}^{-1} \cdots D_1^T (\sqrt{w} \odot r),
+
+    so that :math:`\frac{\lambda}{2}\|P z - \sqrt{w}\odot(y - o)\|^2` is the weighted data term
+    :math:`\frac{\lambda}{2}\sum w\,(\text{synthesize\_down}(z) - y)^2` (``o`` the constant that
+    the chaining offsets ``b_l`` add, :meth:`offset`). For ``L = 1`` and no weight it is layer 1's
+    own operator; ``bottom``: compose layers ``bottom..L`` only (to layer ``bottom``'s input
+    space). It has what :func:`deconvnet.solvers.solve`'s FISTA uses of an operator
+    (``forward``, ``adjoint``, ``s``, ``boundary``, ``memory_format`` and
+    ``periodic_norm_sq``, here the power-iteration estimate of :math:`\|P\|^2` on the maps'
+    own size, which FISTA's backtracking corrects if it is short).
+    """
+
+    def __init__(self, net, L: int, map_shape, weight: torch.Tensor | None = None, bottom: int = 1):
+        self.net, self.L, self.bottom = net, L, bottom
+        self.ops = [net.layers_[i].spec_.operator(net.layers_[i].filters_) for i in range(bottom - 1, L)]
+        self.scales = [net.chain_affines_[i][0] for i in range(bottom - 1, L - 1)]
+        self.sqrt_w = None if weight is None else weight.sqrt()
+        self.boundary = net.config.boundary
+        self.s = 1 + sum(op.s - 1 for op in self.ops)
+        self.memory_format = self.ops[-1].memory_format
+        self.maps = tuple(map_shape)
+        self._norm_sq = None
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = z
+        for i in range(len(self.ops) - 1, -1, -1):
+            x = self.ops[i].forward(x)
+            if i > 0:
+                x = x / self.scales[i - 1]
+        return x if self.sqrt_w is None else x * self.sqrt_w
+
+    def adjoint(self, r: torch.Tensor) -> torch.Tensor:
+        x = r if self.sqrt_w is None else r * self.sqrt_w
+        for i in range(len(self.ops)):
+            if i > 0:
+                x = x / self.scales[i - 1]
+            x = self.ops[i].adjoint(x)
+        return x
+
+    def map_shape(self, y_shape) -> tuple:
+        """The maps' shape (fixed when the operator is built)."""
+        return self.maps
+
+    def offset(self) -> torch.Tensor:
+        """``synthesize_down`` of all-zero maps: what the chaining offsets add, ``(1, C, H, W)``."""
+        return self.net.synthesize_down(torch.zeros(self.maps, dtype=self.net.dtype, device=self.net.device),
+                                        self.L)
+
+    def periodic_norm_sq(self, H: int, W: int) -> float:
+        if self._norm_sq is None:
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            v = torch.randn(self.maps, generator=gen, dtype=torch.float64).to(self.net.device, self.net.dtype)
+            v = v / v.norm()
+            est = 0.0
+            for _ in range(30):
+                w = self.adjoint(self.forward(v))
+                est = float((v * w).sum())
+                v = w / w.norm().clamp_min(torch.finfo(v.dtype).tiny)
+            self._norm_sq = 1.02 * est
+        return self._norm_sq
+
+
+def _fista(op, y: torch.Tensor, lam: float, p: float, settings: RestoreSettings, z0=None) -> torch.Tensor:
+    from .solvers import FistaOptions, solve  # noqa: PLC0415
+
+    opts = FistaOptions(lam, p, settings.max_iter, settings.tol, record="last", flush_denormals=True)
+    return solve(op, y, opts, z0).z
+
+
+def debias(op, y: torch.Tensor, z: torch.Tensor, n_iter: int) -> torch.Tensor:
+    r"""Least squares on the support of ``z``: ``n_iter`` conjugate-gradient steps on
+    :math:`\min_u \|P u - y\|^2` over maps ``u`` that are zero where ``z`` is, from ``u = z``
+    (undoes the l1 penalty's shrinkage of the entries it kept)."""
+    S = (z != 0).to(z.dtype)
+    u = z.clone()
+    r = S * op.adjoint(y - op.forward(u))  # minus the gradient, on the support
+    d = r.clone()
+    rr = rr0 = float((r * r).sum())
+    for _ in range(n_iter):
+        Ad = S * op.adjoint(op.forward(d))
+        dAd = float((d * Ad).sum())
+        if rr <= 1e-28 * rr0 or dAd <= 0:  # solved (to rounding)
+            break
+        step = rr / dAd
+        u = u + step * d
+        r = r - step * Ad
+        rr_new = float((r * r).sum())
+        d = r + (rr_new / rr) * d
+        rr = rr_new
+    return u
+
+
+def _maps(net, Y: torch.Tensor, top: int, lam1: float, settings: RestoreSettings, M=None) -> list[torch.Tensor]:
+    """Maps of layers ``1..top`` for inputs ``Y`` ``(1, C, H, W)`` (weight ``M`` on layer 1's
+    data term): layer by layer as in training (the paper), layer 1 with ``lam1``, layers above
+    with their own ``lam`` times ``upper_lam_scale``; with ``settings.inference == "pixel"``,
+    each layer above 1 is then refitted to the pixels through the layers below
+    (:class:`PixelOperator`) with the weight ``lam1 * pixel_lam_scale ** (l - 1)``."""
+    out, inp = [], Y
+    for i in range(top):
+        lay = net.layers_[i]
+        shape = (1, lay.n_maps, *lay.spec_.operator(lay.filters_).map_shape(inp.shape)[2:])
+        if i == 0:
+            op = PixelOperator(net, 1, shape, M)
+            target = inp if M is None else inp * op.sqrt_w
+            z = _fista(op, target, lam1, lay.spec_.config.p, settings)
+            if settings.debias and (settings.inference == "layerwise" or top == 1):
+                z = debias(op, target, z, settings.debias)
+        else:
+            op = PixelOperator(net, i + 1, shape, bottom=i + 1)
+            z = _fista(op, inp, lay.lam_ * settings.upper_lam_scale, lay.spec_.config.p, settings)
+            if settings.debias and settings.inference == "layerwise":
+                z = debias(op, inp, z, settings.debias)
+            if settings.inference == "pixel":
+                pop = PixelOperator(net, i + 1, shape, M)
+                target = Y - pop.offset()
+                target = target if M is None else target * pop.sqrt_w
+                z = _fista(pop, target, lam1 * settings.pixel_lam_scale ** i, lay.spec_.config.p, settings, z0=z)
+                if settings.debias:
+                    z = debias(pop, target, z, settings.debias)
+        out.append(z)
+        if i + 1 < top:
+            a, b = net.chain_affines_[i]
+            inp = z * a + b
+    return out
+
+
+def _restore_one(net, x: np.ndarray, layers: list[int], sigma: float | None, m: np.ndarray | None,
+                 settings: RestoreSettings, low: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """Restore one ``(C, H, W)`` image from the maps of each of ``layers``; see :func:`restore`.
+    ``low``: the low part to use in place of the normalisation's own (``(C, H, W)``, the
+    two-pass scheme)."""
+    kind = net.config.preprocess
+    pad = 2 if kind == "toolbox2010" else 0
+    if m is not None:
+        x = fill_missing(x, m)
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad)), mode="reflect") if pad else x
+    yn, norm = normalize(xp, kind)
+    if low is not None:  # the two-pass scheme: code x - low with the low part of a first estimate
+        yn = (x - low) / norm.divisor
+        norm = Normalization(norm.kind, low, norm.divisor, norm.crop, norm.gain)
+    a, b = net.input_affine_
+    Y = torch.as_tensor(yn * a + b, dtype=net.dtype, device=net.device)[None]
+    M = None if m is None else torch.as_tensor(m, dtype=net.dtype, device=net.device)[None]
+    s_eff = sigma if sigma else (settings.inpaint_sigma if m is not None else None)
+    lam1 = noise_lam(noise_std_in(net, norm, s_eff), settings.lam_factor) if s_eff else net.layers_[0].lam_
+    Z = _maps(net, Y, max(layers), lam1, settings, M)
+    out = {}
+    for L in layers:
+        xr = undo(norm, net.synthesize_down(Z[L - 1], L)[0], (a, b))
+        out[L] = xr if m is None or sigma else m * x + (1 - m) * xr  # noise-free known pixels are kept
+    return out
+
+
+def restore(net, images, *, sigma: float | None = None, masks=None, layers=(1,),
+            settings: RestoreSettings | None = None) -> list[dict[int, np.ndarray]]:
+    """Denoise (``sigma``) and / or inpaint (``masks``) images with a trained ``net``.
+
+    Args:
+        net: a trained :class:`~deconvnet.DeconvNet`.
+        images: what :func:`deconvnet.images.read_images` takes (paths, ``(H, W)`` /
+            ``(H, W, 3)`` arrays in [0, 1], ...), read at their own size (``max_side`` is not
+            applied: the result has the image's pixels).
+        sigma: the noise's standard deviation on the [0, 1] scale (``None`` or 0: no noise; the
+            layers' own ``lam``).
+        masks: ``None``, or one mask per image (:func:`check_masks`; 1 = known, 0 = missing).
+        layers: the layers to reconstruct from (each from its own maps alone).
+        settings: :class:`RestoreSettings`.
+
+    Returns:
+        per image, ``{layer: (C, H, W) float64 array}``.
+    """
+    net._check_fitted()
+    settings = RestoreSettings() if settings is None else settings
+    sigma = None if sigma is None else check_sigma(sigma)
+    layers = sorted({net.check_layer(L) for L in layers})
+    if not layers:
+        raise ValueError("layers: give at least one layer")
+    data = read_images(images, net.config.color, None)
+    ms = None if masks is None else check_masks(masks, list(data))
+    results = []
+    for j, x in enumerate(data):
+        m = None if ms is None else ms[j]
+        acc: dict[int, np.ndarray] = {}
+        for t in DIHEDRAL[:settings.copies]:
+            xt, mt = _transform(x, t), None if m is None else _transform(m, t)
+            first = _restore_one(net, xt, layers, sigma, mt, settings)
+            if settings.two_pass:
+                first = {L: _restore_one(net, xt, [L], sigma, mt, settings, low=_low_of(net, r))[L]
+                         for L, r in first.items()}
+            for L, r in first.items():
+                acc[L] = acc.get(L, 0.0) + _untransform(r, t)
+        res = {L: v / settings.copies for L, v in acc.items()}
+        if settings.clip:
+            res = {L: np.clip(v, 0.0, 1.0) for L, v in res.items()}
+        results.append(res)
+    return results
+
+
+def _low_of(net, x: np.ndarray) -> np.ndarray:
+    """The low part the network's normalisation removes from ``x`` ``(C, H, W)``, at ``x``'s size."""
+    kind = net.config.preprocess
+    pad = 2 if kind == "toolbox2010" else 0
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad)), mode="reflect") if pad else x
+    return normalize(xp, kind)[1].low
+
+
+def _user_layout(x: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` -> ``(H, W)`` (grey) or ``(H, W, C)``."""
+    return x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, 2)
+
+
+def denoise(net, images, sigma: float, *, layer: int = 1, settings: RestoreSettings | None = None) -> list:
+    """Denoise ``images`` (noise of standard deviation ``sigma`` on the [0, 1] scale) from the
+    maps of ``layer``; returns ``(H, W)`` or ``(H, W, 3)`` arrays in [0, 1] (see :func:`restore`)."""
+    sigma = check_sigma(sigma)
+    return [_user_layout(r[layer]) for r in restore(net, images, sigma=sigma, layers=(layer,), settings=settings)]
+
+
+def inpaint(net, images, masks, *, layer: int = 1, sigma: float | None = None,
+            settings: RestoreSettings | None = None) -> list:
+    """Fill the missing pixels (``masks`` 0) of ``images`` from the maps of ``layer``; the
+    known pixels are kept. ``sigma``: noise on the known pixels, if any. Returns ``(H, W)`` or
+    ``(H, W, 3)`` arrays in [0, 1]."""
+    return [_user_layout(r[layer]) for r in restore(net, images, sigma=sigma, masks=masks, layers=(layer,),
+                                                     settings=settings)]
