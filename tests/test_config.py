@@ -63,7 +63,7 @@ def test_fast_preset_same_network_other_solver():
 
 
 @pytest.mark.parametrize("name,n,match", [
-    ("nope", 2, "preset='nope' is not allowed: one of calibrated, zeiler2010, fista, fast"),
+    ("nope", 2, "preset='nope' is not allowed: one of calibrated, zeiler2010, fista, fast, denoise"),
     ("zeiler2010", 0, "layers=0 is not allowed: an integer >= 1"),
 ], ids=["nope-2", "zeiler2010-0"])
 def test_bad_preset_raises(name, n, match):
@@ -279,3 +279,17 @@ def test_scaling_field_override_and_validation():
     assert preset("fast", 2).scaling == "std"
     with pytest.raises(ConfigError, match=r"^scaling='unit' is not allowed"):
         apply_overrides(cfg, ["scaling=unit"])
+
+
+def test_denoise_preset_is_a_larger_calibrated_layer_1_and_one_layer_by_default():
+    from deconvnet.config import DENOISE_LAYER1, DENOISE_MAX_SIDE
+
+    cfg = preset("denoise")
+    assert len(cfg.layers) == 1 and cfg.max_side == DENOISE_MAX_SIDE
+    (l1,) = cfg.layers
+    assert (l1.n_maps, l1.filter_size, l1.density, l1.n_epochs, l1.refine_epochs) == DENOISE_LAYER1
+    calibrated = preset("calibrated", 2)
+    assert l1.filter_method == "exact" and l1.method == "fista" and cfg.scaling == calibrated.scaling
+    l2 = preset("denoise", 2).layers[1]
+    assert (l2.n_maps, l2.connectivity) == (64, "random-pairs") and l2.density == calibrated.layers[1].density
+    assert len(preset("calibrated").layers) == 3

@@ -149,7 +149,7 @@ def test_none_is_identity_in_float64(rng):
      "image of size (4, 10) is smaller than the 5x5 normalisation window"),
     (np.zeros((16, 16)), "laplacian", "image must have shape (C, H, W), got (16, 16)"),
     (np.zeros((1, 16, 16)), "sharpen",                                                      # unknown kind
-     "preprocess='sharpen' is not known; use one of toolbox2010, laplacian, lcn2011, none"),
+     "preprocess='sharpen' is not known; use one of toolbox2010, laplacian, lcn2011, highpass, none"),
 ], ids=["2d-toolbox2010", "too-small-toolbox2010", "2d-laplacian", "unknown-kind"])
 def test_bad_inputs_raise_value_error(image, kind, match):
     with pytest.raises(ValueError, match=re.escape(match)):
@@ -191,7 +191,7 @@ def test_rescale_constant_set_only_centres():
 
 
 # ------------------------------------------------------------------ undo (issue 14)
-@pytest.mark.parametrize("kind", ["toolbox2010", "laplacian", "lcn2011", "none"])
+@pytest.mark.parametrize("kind", ["toolbox2010", "laplacian", "lcn2011", "highpass", "none"])
 def test_undo_inverts_every_normalisation_to_rounding(kind, img):
     """undo(normalize(x)) is x (less the frame toolbox2010's 'valid' window drops), also through
     the stored rescale; the record holds the low part and the divisor of the forward pass."""
@@ -220,7 +220,7 @@ def test_undo_puts_back_exactly_the_part_the_network_did_not_explain(img):
         undo(norm, np.zeros((2, 3, 3)))
 
 
-@pytest.mark.parametrize("kind", ["toolbox2010", "laplacian", "lcn2011", "none"])
+@pytest.mark.parametrize("kind", ["toolbox2010", "laplacian", "lcn2011", "highpass", "none"])
 def test_gain_is_the_noise_amplification_of_the_linear_part(kind):
     """White noise of std 1 comes out of x - low(x) with std gain (measured away from the
     border, on an image where the divisor is constant)."""
@@ -231,3 +231,16 @@ def test_gain_is_the_noise_amplification_of_the_linear_part(kind):
     hp = ((y * norm.divisor)[:, 10:-10, 10:-10] if kind != "lcn2011" else
           (n - norm.low)[:, 10:-10, 10:-10])
     assert hp.std() / 1e-3 == pytest.approx(norm.gain, rel=0.02)
+
+
+def test_highpass_is_the_image_less_its_gaussian_blur(img):
+    """Oracle: the Gaussian written from its formula (truncated at 4 sigma, unit sum), applied
+    with symmetric borders by scipy.signal.convolve2d."""
+    from deconvnet.preprocess import HIGHPASS_SIGMA
+
+    r = int(4 * HIGHPASS_SIGMA + 0.5)
+    k = gauss(2 * r + 1, HIGHPASS_SIGMA)
+    out = preprocess(img, "highpass")
+    for c in range(2):
+        ref = img[c] - convolve2d(np.pad(img[c], r, mode="symmetric"), k, mode="valid")
+        np.testing.assert_allclose(out[c], ref, rtol=1e-10, atol=1e-12)

@@ -665,8 +665,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds between checkpoints within an epoch (default 120; every epoch end "
                         "writes one too)")
     p.add_argument("--preset", default="calibrated", choices=sorted(PRESETS),
-                   help="calibrated (default: layers that learn), zeiler2010 (the 2010 toolbox), fista")
-    p.add_argument("--layers", type=int, default=3, help="number of layers (default 3)")
+                   help="calibrated (default: layers that learn), zeiler2010 (the 2010 toolbox), fista, "
+                        "denoise (a layer 1 for deconvnet denoise / inpaint)")
+    p.add_argument("--layers", type=int, default=None, help="number of layers (default 3; 1 for preset denoise)")
     p.add_argument("--config", metavar="FILE", help="a JSON configuration (as RUN_DIR/config.json) instead of a preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a field: a network field (color=rgb), a field of every layer (lam=2) "
