@@ -282,12 +282,13 @@ def test_scaling_field_override_and_validation():
 
 
 def test_denoise_preset_is_a_larger_calibrated_layer_1_and_one_layer_by_default():
-    from deconvnet.config import DENOISE_LAYER1, DENOISE_MAX_SIDE
+    from deconvnet.config import DENOISE_CROP, DENOISE_LAYER1
 
     cfg = preset("denoise")
-    assert len(cfg.layers) == 1 and cfg.max_side == DENOISE_MAX_SIDE
+    assert len(cfg.layers) == 1 and cfg.max_side is None and cfg.crop == DENOISE_CROP
+    assert cfg.preprocess == "highpass"
     (l1,) = cfg.layers
-    assert (l1.n_maps, l1.filter_size, l1.density, l1.n_epochs, l1.refine_epochs) == DENOISE_LAYER1
+    assert (l1.n_maps, l1.filter_size, l1.density, l1.n_epochs, l1.refine_epochs, l1.batch_size) == DENOISE_LAYER1
     calibrated = preset("calibrated", 2)
     assert l1.filter_method == "exact" and l1.method == "fista" and cfg.scaling == calibrated.scaling
     l2 = preset("denoise", 2).layers[1]

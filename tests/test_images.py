@@ -303,3 +303,45 @@ def test_read_images_converts_each_kind_of_input_once():
     bad[0, 0] = np.inf
     with pytest.raises(ValueError, match=re.escape("layer 1: input image 1 contains NaN or Inf")):
         read_images([grey, bad])
+
+
+# ------------------------------------------------------------- training crops (issue 14)
+def test_training_crops_are_windows_of_the_images_drawn_from_the_seed():
+    from deconvnet.images import ImageSet, training_crops
+
+    rng = np.random.default_rng(0)
+    ims = [rng.random((1, 40, 30)), rng.random((1, 12, 50)), rng.random((1, 20, 20))]
+    s = ImageSet(ims, ["a", "b", "c"], [None] * 3, "gray", None)
+    out = training_crops(s, 16, seed=3)
+    assert [x.shape for x in out] == [(1, 16, 16), (1, 12, 16), (1, 16, 16)] and out.names == ["a", "b", "c"]
+    for x, im in zip(out, ims):  # brute force: the window is somewhere in the image
+        h, w = x.shape[1:]
+        hits = [(t, l) for t in range(im.shape[1] - h + 1) for l in range(im.shape[2] - w + 1)
+                if np.array_equal(im[:, t:t + h, l:l + w], x)]
+        assert len(hits) == 1
+    again = training_crops(s, 16, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(out, again))
+    other = training_crops(s, 16, seed=4)
+    assert not all(np.array_equal(a, b) for a, b in zip(out, other))
+
+
+def test_crop_is_validated_and_fit_trains_on_the_windows():
+    import deconvnet as dn
+    from deconvnet.config import ConfigError, apply_overrides
+
+    with pytest.raises(ConfigError, match=r"^crop=4 is not allowed"):
+        apply_overrides(dn.preset("calibrated", 1), ["crop=4"])
+    cfg = apply_overrides(dn.preset("calibrated", 1), ["crop=20", "max_side=none", "layer1.n_maps=2",
+                                                        "layer1.filter_size=3", "layer1.n_epochs=1",
+                                                        "layer1.refine_epochs=0", "preprocess=none"])
+    assert apply_overrides(cfg, ["crop=none"]).crop is None
+    rng = np.random.default_rng(1)
+    ims = [rng.random((30, 36)), rng.random((25, 40))]
+    net = dn.DeconvNet(cfg).fit(ims)
+    from dataclasses import replace
+
+    from deconvnet.images import read_images, training_crops
+    windows = [x[0] for x in training_crops(read_images(ims), 20, cfg.seed)]
+    assert [w.shape for w in windows] == [(20, 20), (20, 20)]
+    ref = dn.DeconvNet(replace(cfg, crop=None)).fit(windows)  # the same training on the windows given
+    torch.testing.assert_close(net.layers_[0].filters_, ref.layers_[0].filters_, rtol=0, atol=0)

@@ -31,13 +31,16 @@ Presets (``PRESETS``):
     (``filter_init="highpass"``); every layer's input scaled to zero mean and unit variance
     (``scaling="std"``).
 ``denoise`` (issue 14; 1 layer unless more are asked for)
-    a network for :mod:`deconvnet.restoration`: the ``calibrated`` preset with a larger layer 1
-    (``DENOISE_LAYER1``: 32 maps of 8x8, density 1%, 8 epochs of which 2 refine) and the
-    training photos read at most ``DENOISE_MAX_SIDE`` pixels on a side; a layer 2, if asked
-    for, has 64 maps on random pairs (singles and pairs of 32 maps would be 528); its recipe (the
-    noise-aware ``lam`` factor, flipped copies, debiasing) is
-    :data:`deconvnet.restoration.DENOISE_RECIPE`. Trained on BSDS500's 200 training photos it
-    is what the README's restoration benchmark scores.
+    a network for :mod:`deconvnet.restoration`, trained on natural photos at their own scale:
+    the ``calibrated`` layer 1 made larger and sparser (``DENOISE_LAYER1``: 64 maps of 8x8,
+    density 1%, batches of 20 images, 10 epochs of which the last 2 refine), the
+    ``"highpass"`` preprocessing (the image less its Gaussian blur of 2 pixels: no division,
+    so that noise stays white and its level is known after the preprocessing), whole images
+    (``max_side`` none) of which training takes one random 96x96 window each (``crop``). A
+    layer 2, if asked for, has 64 maps on random pairs of layer-1 maps. How it restores (the
+    noise-aware ``lam``, flipped copies) is :data:`deconvnet.restoration.DENOISE_RECIPE`;
+    trained on BSDS500's 200 training photos (``deconvnet train ../shared/data/bsds500-train
+    --preset denoise``) it is what the README's restoration benchmark scores.
 ``fista`` (formerly ``fast``, which still works)
     the toolbox network solved to a tolerance instead of by a fixed few inexact steps: FISTA
     (``p = 1``, relative tolerance 1e-3, at most 50 iterations, warm-started across epochs),
@@ -238,6 +241,11 @@ class NetConfig:
             (:func:`deconvnet.preprocess.preprocess`).
         max_side: images whose longer side exceeds this are downscaled (anti-aliased) to it
             before preprocessing; ``None`` keeps every size.
+        crop: training only: each training image is replaced by one ``crop x crop`` window
+            (after the downscale to ``max_side``) at a position drawn from ``seed`` and the
+            image's index, so that a large photo collection trains at its own scale in
+            bounded time (:func:`deconvnet.images.training_crops`); ``None`` trains on whole
+            images. Inference, the report and restoration always see whole images.
         rescale: map the preprocessed training set to [-1, 1] and subtract its mean (toolbox
             ``rescale_all_n1_1``); the same affine map is stored and reused at inference.
         chain: the same rescale on each layer's maps before they feed the next layer.
@@ -256,6 +264,7 @@ class NetConfig:
     color: str = "gray"
     preprocess: str = "toolbox2010"
     max_side: int | None = 256
+    crop: int | None = None
     rescale: bool = True
     chain: bool = True
     scaling: str = "minmax"
@@ -279,6 +288,8 @@ class NetConfig:
         _choice("preprocess", self.preprocess, PREPROCESSING)
         if self.max_side is not None:
             _int("max_side", self.max_side, minimum=8)
+        if self.crop is not None:
+            _int("crop", self.crop, minimum=8)
         for name in ("rescale", "chain"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, getattr(self, name), "true or false")
@@ -415,17 +426,18 @@ CALIBRATED_DENSITY = (0.028, 0.0145)
 
 def _denoise(n_layers: int) -> NetConfig:
     base = _calibrated(n_layers)
-    first = replace(base.layers[0], n_maps=DENOISE_LAYER1[0], filter_size=DENOISE_LAYER1[1],
-                    density=DENOISE_LAYER1[2], n_epochs=DENOISE_LAYER1[3], refine_epochs=DENOISE_LAYER1[4])
+    maps, size, density, epochs, refine, batch = DENOISE_LAYER1
+    first = replace(base.layers[0], n_maps=maps, filter_size=size, density=density, n_epochs=epochs,
+                    refine_epochs=refine, batch_size=batch)
     above = [replace(layer, connectivity="random-pairs", n_maps=64) if i == 1 else layer
              for i, layer in enumerate(base.layers[1:], start=1)]
-    return replace(base, layers=(first, *above), max_side=DENOISE_MAX_SIDE)
+    return replace(base, layers=(first, *above), preprocess="highpass", max_side=None, crop=DENOISE_CROP)
 
 
-#: the ``denoise`` preset's layer 1: maps, filter size, density, epochs, refining epochs.
-DENOISE_LAYER1 = (32, 8, 0.01, 8, 2)
-#: the ``denoise`` preset's ``max_side``.
-DENOISE_MAX_SIDE = 160
+#: the ``denoise`` preset's layer 1: maps, filter size, density, epochs, refining epochs, batch size.
+DENOISE_LAYER1 = (64, 8, 0.01, 10, 2, 20)
+#: the side of the window each training photo gives the ``denoise`` preset (``NetConfig.crop``).
+DENOISE_CROP = 96
 
 #: the presets by name; ``fast`` is the old name of ``fista``.
 PRESETS = {"calibrated": _calibrated, "zeiler2010": _zeiler2010, "fista": _fast, "fast": _fast, "denoise": _denoise}
@@ -453,14 +465,14 @@ def _parse(name: str, text: str, current):
         if low in ("false", "0", "no", "off"):
             return False
         _fail(name, text, "true or false")
-    if name.endswith(("max_side", "density")) and low in ("none", "null", ""):
+    if name.endswith(("max_side", "density", "crop")) and low in ("none", "null", ""):
         return None
     if name.endswith("density"):
         try:
             return float(low)
         except ValueError:
             _fail(name, text, "a number, or none")
-    if isinstance(current, int) or name.endswith("max_side"):
+    if isinstance(current, int) or name.endswith(("max_side", "crop")):
         try:
             return int(low)
         except ValueError:

@@ -27,7 +27,7 @@ import numpy as np
 
 from .config import COLORS
 
-__all__ = ["ImageSet", "Skipped", "read_folder", "read_images", "load_image", "to_chw", "resize_max_side",
+__all__ = ["ImageSet", "Skipped", "read_folder", "read_images", "load_image", "to_chw", "resize_max_side", "training_crops",
            "list_images", "ImageReadError", "IMAGE_SUFFIXES", "MAX_PIXELS"]
 
 # ------------------------------------------------------------------ one image
@@ -336,3 +336,19 @@ def read_images(images, color: str = "gray", max_side: int | None = None) -> Ima
         out.paths.append(None)
     return out
 
+
+
+def training_crops(images: ImageSet, side: int, seed: int) -> ImageSet:
+    """One ``side x side`` window of every image of ``images`` (an image smaller than that on
+    a side keeps its whole extent on that side), at a position drawn uniformly by
+    ``numpy.random.default_rng([seed, i])`` for image ``i``: the same windows for the same
+    images, seed and side, whatever else changes (resumed runs, process counts)."""
+    out = []
+    for i, im in enumerate(images.images):
+        _, H, W = im.shape
+        h, w = min(side, H), min(side, W)
+        rng = np.random.default_rng([seed, i])
+        top, left = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+        out.append(np.ascontiguousarray(im[:, top:top + h, left:left + w]))
+    return ImageSet(out, list(images.names), list(images.paths), images.color, images.max_side,
+                    list(images.skipped))

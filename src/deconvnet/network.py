@@ -42,7 +42,7 @@ from .checkpoint import Checkpoint, fingerprint
 from .config import NetConfig, preset
 from .connectivity import connectivity
 from .distributed import LOCAL, Group
-from .images import ImageSet, read_images
+from .images import ImageSet, read_images, training_crops
 from .layer import DeconvLayer
 from .mapstore import DEFAULT_MEMORY_LIMIT, AffineMaps, MapStore
 from .model_io import ModelFileError, load_model, save_model
@@ -219,6 +219,8 @@ class DeconvNet:
         configure()
         group = LOCAL if group is None else group
         data = self.read(images)
+        if self.config.crop is not None:  # training windows (NetConfig.crop)
+            data = training_crops(data, self.config.crop, self.config.seed)
         Y = self.prepare(data, fit_affine=True)
         ck = None
         if checkpoint is not None:
