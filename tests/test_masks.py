@@ -288,7 +288,7 @@ GRAM_CASES = [  # boundary, B, K, C, s, H, W, map density, connectivity
 
 
 @pytest.mark.parametrize("weights", ["per-image", "per-channel", "per-pixel"])
-@pytest.mark.parametrize("how", ["pairs", "dense"])
+@pytest.mark.parametrize("how", ["sparse", "dense"])
 @pytest.mark.parametrize("case", GRAM_CASES, ids=[f"{c[0]}-{c[5]}x{c[6]}-s{c[4]}-{c[8] or 'full'}" for c in GRAM_CASES])
 def test_weighted_grams_are_the_dense_AtWA(case, how, weights, monkeypatch):
     boundary, B, K, C, s, H, W, density, conn = case
@@ -301,7 +301,7 @@ def test_weighted_grams_are_the_dense_AtWA(case, how, weights, monkeypatch):
     conn_t = torch.ones(K, C, dtype=torch.bool) if g is None else torch.as_tensor(g, dtype=torch.bool)
     import deconvnet.gram as gram_mod
 
-    monkeypatch.setattr(gram_mod, "SPARSE_GRAM_FRACTION", 2.0 if how == "pairs" else -1.0)
+    monkeypatch.setattr(gram_mod, "SPARSE_GRAM_FRACTION", 2.0 if how == "sparse" else -1.0)
     got = channel_grams(torch.as_tensor(z), conn_t, s, boundary, weight=torch.as_tensor(w))
     wb = np.broadcast_to(w, (B, C, H, W))
     for c, Ac in enumerate(_tap_columns(z, K, C, s, boundary, g)):
@@ -310,17 +310,21 @@ def test_weighted_grams_are_the_dense_AtWA(case, how, weights, monkeypatch):
         np.testing.assert_allclose(got[c].numpy(), A.T @ (wb[:, c].ravel()[:, None] * A), atol=1e-10, rtol=0)
 
 
-def test_the_weighted_pair_search_splits_its_work_into_chunks(monkeypatch):
-    """Chunks of a few (pair, tap) entries give the matrix of one chunk."""
-    import deconvnet.gram as gram_mod
+@pytest.mark.parametrize("boundary", ["valid", "circular"])
+def test_weights_of_one_give_the_unweighted_grams_and_channels_with_the_same_maps_share_one(boundary):
+    """The sparse-matrix construction against the pair search with its Toeplitz lag sums (two
+    independent constructions of A^T A); full connectivity on 3 channels with one weight map:
+    one product for all."""
+    from deconvnet.gram import weighted_grams
 
     rng = np.random.default_rng(9)
-    z = torch.as_tensor(rng.standard_normal((2, 3, 16, 15)) * (rng.random((2, 3, 16, 15)) < 0.1))
-    w = torch.as_tensor(rng.random((2, 1, 12, 11)))
-    mask = torch.ones(3, 1, dtype=torch.bool)
-    whole = gram_mod.map_gram(z, mask, 5, "valid", w[:, 0])
-    monkeypatch.setattr(gram_mod, "_EXPAND", 30)
-    torch.testing.assert_close(gram_mod.map_gram(z, mask, 5, "valid", w[:, 0]), whole, rtol=0, atol=1e-12)
+    z = torch.as_tensor(rng.standard_normal((2, 4, 20, 19)) * (rng.random((2, 4, 20, 19)) < 0.03))
+    H, W = (20, 19) if boundary == "circular" else (16, 15)  # the images of 20 x 19 maps
+    conn = torch.ones(4, 3, dtype=torch.bool)
+    got = weighted_grams(z, conn, 5, boundary, torch.ones(1, 1, H, W, dtype=torch.float64))
+    for a, b in zip(got, channel_grams(z, conn, 5, boundary), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert got[0] is got[1] is got[2]
 
 
 @pytest.mark.parametrize("use_g", [False, True], ids=["full", "sparse_g"])
