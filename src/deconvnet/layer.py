@@ -274,7 +274,7 @@ class DeconvLayer(TransformerMixin, BaseEstimator):
             m = None if masks is None else torch.cat([masks[i].expand(shapes[i]) for i in idx])
             z = None
             for _ in range(n_passes):
-                z = solve(op, y, opts, z, mask=m).z
+                z = (solve(op, y, opts, z) if m is None else solve(op, y, opts, z, mask=m)).z
             for j, i in enumerate(idx):
                 out[i] = z[j]
         if len(set(shapes)) == 1:

@@ -537,7 +537,10 @@ def _train_batch(inputs, shapes, idx: list[int], mine: list[int], spec: LayerSpe
     op = spec.operator(state.filters)
     mask = _batch_mask(masks, idx, mine, shapes, spec)
     opts = spec.solver if state.lam == spec.solver.lam else replace(spec.solver, lam=state.lam)
-    res = solve(op, y, opts, z0, group.batchwide, mask)
+    if mask is None:
+        res = solve(op, y, opts, z0) if group.batchwide is None else solve(op, y, opts, z0, group.batchwide)
+    else:
+        res = solve(op, y, opts, z0, group.batchwide, mask)
     totals = group.sum(batch_totals(res.history[-1] if mine else None, res.z, y, state.lam, mask))
     if totals[7] > 0:
         raise DivergenceError(idx, state.epoch, "the feature maps")
