@@ -37,7 +37,7 @@ from .network import DeconvNet, snr_db
 from .ops import ConvOperator, MapOperator, filter_gradient, synthesize, synthesize_adjoint
 from .images import ImageReadError, ImageSet, read_folder, read_images
 from .sparsity import Calibration, lam_for_density, lam_zero
-from . import distributed, paths, runtime
+from . import distributed, masks, paths, runtime
 
 __all__ = [
     "ConfigError",
@@ -77,6 +77,7 @@ __all__ = [
     "lam_for_density",
     "lam_zero",
     "distributed",
+    "masks",
     "paths",
     "runtime",
 ]
