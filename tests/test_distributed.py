@@ -198,6 +198,38 @@ def test_two_processes_learn_the_filters_of_one_process_with_the_same_global_bat
                     assert ra.active_maps == rb.active_maps
 
 
+def _fit_masked(group: Group, names, images, masks):
+    out = {}
+    for name in names:
+        net = dn.DeconvNet(_training_config(name)).fit(images, masks=masks, group=group)
+        out[name] = {"filters": [lay.filters_ for lay in net.layers_], "history": net.history_,
+                     "lam": [lay.lam_ for lay in net.layers_]}
+    return out
+
+
+def test_masks_travel_with_their_images_in_two_processes():
+    """Training from incomplete images (issue 14): each process weighs its own images with their
+    masks; the calibration gets the masks of the first images from their owners; ADMM chooses
+    its masked split for the whole batch (two of the images have masks of all ones). Two
+    processes learn the filters of one."""
+    images = smooth_images(7)
+    Y = dn.DeconvNet(_training_config("calibrated")).prepare(images)  # masks live in layer 1's input space
+    masks = [np.random.default_rng(20 + i).random(y.shape[2:]) > 0.3 for i, y in enumerate(Y)]
+    masks[0][:] = masks[3][:] = True
+    names = ["calibrated", "epoch-admm"]
+    one = _fit_masked(LOCAL, names, images, masks)
+    two = spawn(_fit_masked, names, images, masks)
+    for name in names:
+        for got in two:
+            for fa, fb in zip(got[name]["filters"], one[name]["filters"], strict=True):
+                torch.testing.assert_close(fa, fb, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(got[name]["lam"], one[name]["lam"], rtol=1e-10)
+            for ha, hb in zip(got[name]["history"], one[name]["history"], strict=True):
+                for ra, rb in zip(ha, hb, strict=True):
+                    for key in ("objective", "snr_db", "pixel_snr_db"):
+                        np.testing.assert_allclose(getattr(ra, key), getattr(rb, key), rtol=1e-9, err_msg=key)
+
+
 # ------------------------------------------------------ CLI: kill, resume
 CLI = ["--layers", "2", "--epochs", "4", "--set", "layer1.n_maps=4", "--set", "layer2.n_maps=10",
        "--set", "batch_size=3", "--set", "max_iter=30", "--set", "dtype=float64", "--set", "max_side=32",

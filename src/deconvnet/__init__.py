@@ -37,7 +37,7 @@ from .network import DeconvNet, snr_db
 from .ops import ConvOperator, MapOperator, filter_gradient, synthesize, synthesize_adjoint
 from .images import ImageReadError, ImageSet, read_folder, read_images
 from .sparsity import Calibration, lam_for_density, lam_zero
-from . import distributed, paths, restoration, runtime
+from . import distributed, masks, paths, restoration, runtime
 from .restoration import RestoreSettings
 
 __all__ = [
@@ -78,6 +78,7 @@ __all__ = [
     "lam_for_density",
     "lam_zero",
     "distributed",
+    "masks",
     "paths",
     "restoration",
     "RestoreSettings",

@@ -72,12 +72,19 @@ def _opt_float(v) -> float | None:
     return None if v is None else float(v)
 
 
-def fingerprint(config_json: str, inputs: list[torch.Tensor]) -> str:
-    """SHA-256 of the configuration and of the prepared layer-1 inputs (shapes and values)."""
+def fingerprint(config_json: str, inputs: list[torch.Tensor], masks: list[torch.Tensor] | None = None) -> str:
+    """SHA-256 of the configuration and of the prepared layer-1 inputs (shapes and values), and
+    of their per-pixel weights when training is given ``masks`` (one per input; without masks
+    the digest is the one of earlier versions, so their checkpoints still resume)."""
     h = hashlib.sha256(config_json.encode("utf-8"))
     for x in inputs:
         h.update(repr(tuple(x.shape)).encode())
         h.update(x.detach().to("cpu").contiguous().numpy().tobytes())
+    if masks is not None:
+        h.update(b"masks")
+        for m in masks:
+            h.update(repr(tuple(m.shape)).encode())
+            h.update(m.detach().to("cpu").contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -262,8 +269,8 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: checkpoint format {meta.get('format_version')!r}; "
                                   f"this deconvnet reads format {FORMAT_VERSION}")
         if doc.get("fingerprint") != fp:
-            raise CheckpointError(f"{self.folder}: this checkpoint belongs to another run (its configuration or "
-                                  "its images differ from the ones given)")
+            raise CheckpointError(f"{self.folder}: this checkpoint belongs to another run (its configuration, "
+                                  "its images or their masks differ from the ones given)")
         try:
             self.run = RunState.from_document(doc, tensors)
             self.filters = {i: tensors[f"layer{i}.filters"] for i in range(1, len(self.run.finished) + 1)}

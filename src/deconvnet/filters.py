@@ -38,6 +38,13 @@ whose gradient is ``lam * G(z, D_z f - y)`` with ``G`` the correlation of
     rose (adaptive restart). One synthesis and one correlation per step, where ``"gradient"``
     needs two syntheses.
 
+**Per-pixel weights** (``mask``, :mod:`deconvnet.masks`; an extension, not in the paper): the
+data term becomes :math:`Q(f) = \frac{\lambda}{2}\sum_{b,c,p} w_{bcp}\,((D_z f)_{bcp} - y_{bcp})^2`,
+so that missing pixels (``w = 0``) take no part in learning from incomplete images. The
+iterative updates run on :math:`S D_z` and :math:`S y`, :math:`S = \mathrm{diag}(\sqrt w)`
+(gradient :math:`\lambda G(z, w(D_z f - y))`); the exact update on the weighted normal
+equations :math:`A_c^T W_c A_c`, :math:`A_c^T W_c y_c` (:func:`normal_equations`).
+
 Renormalising can undo part of the decrease; both updates therefore end with a safeguard:
 if ``Q`` at the normalised result exceeds ``Q`` at the (normalised) input, the step is
 shortened along the sphere, ``normalize(f + t (f_new - f))`` for ``t = 1/2, 1/4, ...``, down to
@@ -56,6 +63,7 @@ import torch.nn.functional as F
 from ._checks import check_filters, check_int, check_positive
 from .config import FILTER_INITS, FILTER_METHODS, LayerConfig
 from .gram import channel_grams
+from .masks import check_mask, is_all_ones
 from .ops import ConvOperator, MapOperator, as_connectivity
 
 __all__ = ["update_filters", "learn_filters", "FilterOptions", "normalize_planes", "init_filters",
@@ -131,7 +139,8 @@ def init_filters(K: int, C: int, s: int, g=None, *, seed: int = 0, dtype=torch.f
 
 
 def update_filters(y: torch.Tensor, z: torch.Tensor, f: torch.Tensor, *, lam: float = 1.0, g=None,
-                   boundary: str = "valid", method: str = "cg", n_iter: int = 2, tol: float = 1e-6) -> torch.Tensor:
+                   boundary: str = "valid", method: str = "cg", n_iter: int = 2, tol: float = 1e-6,
+                   mask=None) -> torch.Tensor:
     r"""One filter update with the maps fixed; see the module docstring.
 
     Args:
@@ -144,6 +153,10 @@ def update_filters(y: torch.Tensor, z: torch.Tensor, f: torch.Tensor, *, lam: fl
         n_iter: CG iterations / gradient steps (toolbox: 2 at layer 1, 4 above).
         tol: relative tolerance of the ``"exact"`` solve (training uses the looser
             :data:`EXACT_TOL`).
+        mask: ``None`` or per-pixel weights ``w`` in [0, 1] of the data term, broadcastable to
+            ``y`` (as :func:`~deconvnet.sparse_code`): the update minimises
+            :math:`\frac{\lambda}{2}\sum w (D_z f - y)^2`. All ones: exactly the update of
+            ``mask=None``.
 
     Returns:
         New filters ``(K, C, s, s)``, unit-norm connected planes, zero elsewhere; the data term
@@ -156,13 +169,16 @@ def update_filters(y: torch.Tensor, z: torch.Tensor, f: torch.Tensor, *, lam: fl
     tol = check_positive("tol", tol)
     op = ConvOperator(f, g, boundary)
     op.check_pair(y, z)
-    return learn_filters(y, z, op, FilterOptions(lam, method, n_iter, tol))
+    mask = check_mask(mask, y)
+    return learn_filters(y, z, op, FilterOptions(lam, method, n_iter, tol), mask=mask)
 
 
 def learn_filters(y: torch.Tensor, z: torch.Tensor, op: ConvOperator, opts: FilterOptions,
-                  reduce: Callable[[torch.Tensor], torch.Tensor] = _identity) -> torch.Tensor:
+                  reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`update_filters` without argument checks, for settings that come checked: ``op``
-    holds the current filters, connectivity and boundary.
+    holds the current filters, connectivity and boundary; ``mask`` (``None`` or checked
+    weights broadcastable to ``y``) the per-pixel weights of the data term.
 
     ``reduce`` is applied to every sum over the batch that the update needs (the filter
     gradients ``G(z, r)`` and the data term): the identity for one process; a sum over
@@ -170,7 +186,11 @@ def learn_filters(y: torch.Tensor, z: torch.Tensor, op: ConvOperator, opts: Filt
     """
     lam, n_iter = opts.lam, opts.n_iter
     f0 = normalize_planes(op.f, op.g)
-    A = _Reduced(MapOperator(z, op), reduce)  # f -> D_z f and its adjoint; non-zeros of sparse maps
+    # f -> S D_z f and its adjoint (S = sqrt(w), or none); non-zeros of sparse maps
+    A = _Reduced(MapOperator(z, op), reduce, None if mask is None else mask.sqrt())
+    y_data = y
+    if mask is not None:
+        y = A.weigh(y)
 
     def residual(fv):
         return A.apply(fv) - y
@@ -178,7 +198,7 @@ def learn_filters(y: torch.Tensor, z: torch.Tensor, op: ConvOperator, opts: Filt
     R0 = residual(f0)
     Q0 = 0.5 * lam * A.sq(R0)
     if opts.method == "exact":
-        f_new = normal_equations(y, z, op, reduce).solve(f0, tol=opts.tol)
+        f_new = normal_equations(y_data, z, op, reduce, mask).solve(f0, tol=opts.tol)
     elif opts.method == "cg":
         f_new = _cg(A, f0, R0, lam, n_iter)
     elif opts.method == "fista":
@@ -189,16 +209,22 @@ def learn_filters(y: torch.Tensor, z: torch.Tensor, op: ConvOperator, opts: Filt
 
 
 class _Reduced:
-    """A :class:`~deconvnet.ops.MapOperator` whose batch sums pass through ``reduce``."""
+    """A :class:`~deconvnet.ops.MapOperator` whose batch sums pass through ``reduce``, and
+    whose output is multiplied by ``root`` (the square roots of the per-pixel weights; ``None``:
+    no weights), so that its least-squares problem is the weighted one."""
 
-    def __init__(self, A: MapOperator, reduce):
-        self.A, self.reduce = A, reduce
+    def __init__(self, A: MapOperator, reduce, root: torch.Tensor | None = None):
+        self.A, self.reduce, self.root = A, reduce, root
+
+    def weigh(self, y: torch.Tensor) -> torch.Tensor:
+        """``root * y``: the inputs of the weighted problem."""
+        return y if self.root is None else torch.mul(y, self.root)
 
     def apply(self, f: torch.Tensor) -> torch.Tensor:
-        return self.A.apply(f)
+        return self.weigh(self.A.apply(f))
 
     def adjoint(self, r: torch.Tensor) -> torch.Tensor:
-        return self.reduce(self.A.adjoint(r))
+        return self.reduce(self.A.adjoint(self.weigh(r)))
 
     def sq(self, R: torch.Tensor) -> float:
         """``||R||^2`` summed over the batch (and, through ``reduce``, over processes)."""
@@ -334,22 +360,31 @@ def _admm_balls(G: torch.Tensor, r: torch.Tensor, x0: torch.Tensor, n: int, m: i
 
 
 def normal_equations(y: torch.Tensor, z: torch.Tensor, op: ConvOperator,
-                     reduce: Callable[[torch.Tensor], torch.Tensor] = _identity) -> NormalEquations:
-    """The per-channel normal equations of the filter problem for maps ``z`` ``(B, K, H', W')``
+                     reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
+                     mask: torch.Tensor | None = None) -> NormalEquations:
+    r"""The per-channel normal equations of the filter problem for maps ``z`` ``(B, K, H', W')``
     and inputs ``y`` ``(B, C, H, W)`` (connectivity and boundary from ``op``): the Gram
     matrices from the pairs of nearby non-zeros of ``z`` (:func:`deconvnet.gram.channel_grams`,
     float64), the right-hand sides :math:`A_c^T y_c` from the windows of ``y`` at the
     non-zeros (:meth:`~deconvnet.ops.MapOperator.adjoint`). ``reduce`` is applied to every
-    Gram matrix and right-hand side (sums over processes)."""
+    Gram matrix and right-hand side (sums over processes).
+
+    ``mask``: ``None``, or checked per-pixel weights ``w`` broadcastable to ``y``: the
+    equations of the weighted data term, :math:`A_c^T W_c A_c` (the weighted construction of
+    :func:`~deconvnet.gram.channel_grams`) and :math:`A_c^T (w_c y_c)`. A mask of all ones
+    takes the unweighted path (the same equations, to the last bit)."""
     K, C, s = op.K, op.C, op.s
-    mask = torch.ones(K, C, dtype=torch.bool, device=z.device) if op.g is None else op.g
-    grams = channel_grams(z, mask, s, op.boundary)
+    if is_all_ones(mask):
+        mask = None
+    conn = torch.ones(K, C, dtype=torch.bool, device=z.device) if op.g is None else op.g
+    grams = channel_grams(z, conn, s, op.boundary, weight=mask)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse.*", category=UserWarning)
-        Aty = MapOperator(z, op).adjoint(y)  # (K, C, s, s): A_c^T y_c of every connected plane
+        # (K, C, s, s): A_c^T W_c y_c of every connected plane
+        Aty = MapOperator(z, op).adjoint(y if mask is None else y * mask)
     maps, rhss = [], []
     for c in range(C):
-        ks = mask[:, c].nonzero(as_tuple=True)[0]
+        ks = conn[:, c].nonzero(as_tuple=True)[0]
         maps.append(ks)
         rhss.append(reduce(Aty[ks, c].reshape(-1).double()))
     return NormalEquations(maps, [reduce(G) for G in grams], rhss, (K, C, s))

@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from ._checks import check_int
 from .config import BOUNDARIES, ConfigError, LayerConfig, method_allowed
 from .mapstore import DEFAULT_MEMORY_LIMIT, AffineMaps, MapSequence, MapStore
+from .masks import as_masks
 from .ops import as_connectivity, synthesize
 from .runtime import configure
 from .solvers import solve
@@ -211,20 +212,32 @@ class DeconvLayer(TransformerMixin, BaseEstimator):
             raise RuntimeError("this DeconvLayer is not fitted yet: call fit(images) first")
 
     # -------------------------------------------------------------------- API
-    def fit(self, images, y=None) -> "DeconvLayer":
+    def fit(self, images, y=None, mask=None) -> "DeconvLayer":
         """Learn ``filters_`` from images ``(N, C, H, W)`` or a list of ``(C, H, W)`` (``y`` is
         ignored, for scikit-learn pipelines). Raises
-        :class:`~deconvnet.DivergenceError` when maps or filters become NaN or Inf."""
+        :class:`~deconvnet.DivergenceError` when maps or filters become NaN or Inf.
+
+        ``mask``: ``None``, or per-pixel weights in [0, 1] of the data term for incomplete
+        images (0 = missing; :mod:`deconvnet.masks`): one array ``(N, C or 1, H, W)``, a list
+        of one ``(C or 1, H, W)`` / ``(H, W)`` mask per image, or one ``(H, W)`` mask for all.
+        They weigh the inference, the calibration of ``lam``, the filter update and the
+        epoch records (see :func:`~deconvnet.train.train_layer`). Masks of all ones learn
+        exactly the filters of ``mask=None``."""
         spec = self._spec()
         configure()
         X, shapes = self._images(images, spec)
+        masks = as_masks(mask, shapes, spec.device, spec.dtype)
         maps = MapStore(len(X), spec.map_bytes(shapes), self.map_memory_limit, device=spec.device, dtype=spec.dtype)
         hooks = [Progress("layer", spec.n_epochs)] if self.progress else []
-        self._adopt(spec, train_layer(X, shapes, spec, maps, hooks=hooks))
+        self._adopt(spec, train_layer(X, shapes, spec, maps, hooks=hooks, masks=masks))
         return self
 
+    def fit_transform(self, images, y=None, mask=None, **params):
+        """:meth:`fit` then :meth:`transform` of the same images, with the same ``mask``."""
+        return self.fit(images, y, mask=mask).transform(images, mask=mask, **params)
+
     def transform(self, images, n_passes: int | None = None, max_iter: int | None = None,
-                  batch_size: int | None = None):
+                  batch_size: int | None = None, mask=None):
         """Infer maps: ``(N, C, H, W) -> (N, K, H+s-1, W+s-1)`` (valid) or ``(N, K, H, W)``
         (circular); a list of images of different sizes gives a list of ``(K, H', W')``.
 
@@ -234,11 +247,15 @@ class DeconvLayer(TransformerMixin, BaseEstimator):
         ``max_iter``: a cap on the iterations of FISTA or ADMM in place of the layer's own
         (the tolerance still applies): fewer, cheaper iterations, e.g. for features of many
         images (:mod:`deconvnet.recognition`). ``batch_size``: images of one size solved together
-        (default the layer's ``batch_size``); more per batch keeps a GPU busy.
+        (default the layer's ``batch_size``); more per batch keeps a GPU busy. ``mask``: per-pixel
+        weights of the data term, as :meth:`fit` takes them: the maps explain the observed
+        pixels only, and :meth:`inverse_transform` of them fills in the missing ones
+        (inpainting).
         """
         self._check_fitted()
         spec = self.spec_
         X, shapes = self._images(images, spec)
+        masks = as_masks(mask, shapes, spec.device, spec.dtype)
         if n_passes is None:
             n_passes = spec.n_epochs if spec.config.method == "continuation" else 1
         n_passes = check_int("n_passes", n_passes)
@@ -254,9 +271,10 @@ class DeconvLayer(TransformerMixin, BaseEstimator):
         size = spec.batch_size if batch_size is None else check_int("batch_size", batch_size)
         for idx in batches(list(range(len(X))), shapes, size):
             y = torch.cat([X[i] for i in idx])
+            m = None if masks is None else torch.cat([masks[i].expand(shapes[i]) for i in idx])
             z = None
             for _ in range(n_passes):
-                z = solve(op, y, opts, z).z
+                z = (solve(op, y, opts, z) if m is None else solve(op, y, opts, z, mask=m)).z
             for j, i in enumerate(idx):
                 out[i] = z[j]
         if len(set(shapes)) == 1:

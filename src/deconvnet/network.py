@@ -45,6 +45,7 @@ from .distributed import LOCAL, Group
 from .images import ImageSet, read_images, training_crops
 from .layer import DeconvLayer
 from .mapstore import DEFAULT_MEMORY_LIMIT, AffineMaps, MapStore
+from .masks import as_masks
 from .model_io import ModelFileError, load_model, save_model
 from .ops import ConvOperator, as_connectivity, synthesize
 from .preprocess import preprocess, rescale_affine
@@ -184,7 +185,7 @@ class DeconvNet:
         return [torch.as_tensor(x * a + b, dtype=self.dtype, device=self.device)[None] for x in out]
 
     # ------------------------------------------------------------- training
-    def fit(self, images, *, checkpoint=None, checkpoint_every: float = 120.0, holdout=None,
+    def fit(self, images, *, masks=None, checkpoint=None, checkpoint_every: float = 120.0, holdout=None,
             group: Group | None = None) -> DeconvNet:
         """Train every layer in turn on ``images`` (see :meth:`prepare` for what is accepted).
 
@@ -215,6 +216,16 @@ class DeconvNet:
         are those of one process with the same batches (:mod:`deconvnet.distributed`). Every
         process ends with the same network. With a ``checkpoint``, the folder must be shared
         by all processes: each writes the maps of its images there, rank 0 the state.
+
+        ``masks``: ``None``, or per-pixel weights in [0, 1] of layer 1's data term, one per
+        image, in the space of layer 1's inputs (:meth:`prepare`'s ``(C, H1, W1)``; the forms
+        :meth:`DeconvLayer.fit` takes): learning from incomplete images, the missing pixels
+        (weight 0) ignored by layer 1's inference, calibration, filter updates and by the
+        pixel-space SNR of every layer's records. The layers above code the complete maps of
+        the layer below. The preprocessing and the input rescale see the images as given, so
+        missing pixels should hold a neutral value (e.g. the mean of the observed ones) or
+        ``preprocess="none"`` be used. The masks are part of the checkpoint's fingerprint (a
+        resume with other masks is refused).
         """
         configure()
         group = LOCAL if group is None else group
@@ -222,12 +233,14 @@ class DeconvNet:
         if self.config.crop is not None:  # training windows (NetConfig.crop)
             data = training_crops(data, self.config.crop, self.config.seed)
         Y = self.prepare(data, fit_affine=True)
+        shapes = [tuple(y.shape) for y in Y]
+        M = as_masks(masks, shapes, self.device, self.dtype, "masks")
         ck = None
         if checkpoint is not None:
             ck = Checkpoint(checkpoint, checkpoint_every, group=group)
-            ck.open(fingerprint(self.config.to_json(), Y))  # Y has the fitted input affine applied
-        shapes = [tuple(y.shape) for y in Y]
+            ck.open(fingerprint(self.config.to_json(), Y, M))  # Y has the fitted input affine applied
         Y = _own(Y, group)  # this process's images; the others are None
+        M = None if M is None else _own(M, group)
         held = None
         if holdout is not None:
             Yh = _own(self.prepare(holdout), group)
@@ -235,8 +248,9 @@ class DeconvNet:
         specs, fits, chains = self.specs(), [], []
         inputs = Y
         for layer, spec in enumerate(specs, start=1):
-            below = _Below(specs[:layer - 1], [f.filters for f in fits], chains, Y, held, group)
-            fit, chain, inputs = self._fit_layer(layer, spec, inputs, shapes, ck, data.names, below, group)
+            below = _Below(specs[:layer - 1], [f.filters for f in fits], chains, Y, held, group, M)
+            fit, chain, inputs = self._fit_layer(layer, spec, inputs, shapes, ck, data.names, below, group,
+                                                 M if layer == 1 else None)
             fits.append(fit)
             if layer < self.n_layers:
                 chains.append(chain)
@@ -246,7 +260,7 @@ class DeconvNet:
         return self.adopt(specs, fits, self.input_affine_, chains)
 
     def _fit_layer(self, layer: int, spec: LayerSpec, inputs, shapes, ck, names, below: _Below,
-                   group: Group = LOCAL):
+                   group: Group = LOCAL, masks=None):
         """Train ``layer`` (1-based), or take it from the checkpoint when an earlier session
         finished it; returns what it learned, its chaining affine and the next layer's inputs."""
         last = layer == self.n_layers
@@ -269,7 +283,7 @@ class DeconvNet:
                 state.filters = state.filters.to(device=self.device, dtype=self.dtype)
         try:
             fit = train_layer(inputs, shapes, spec, maps, state=state, hooks=hooks, group=group,
-                              evaluate=below.evaluator(spec))
+                              evaluate=below.evaluator(spec), masks=masks)
         except DivergenceError as err:
             which = ", ".join(names[j] for j in err.images)
             raise DivergenceError(err.images, err.epoch, f"layer {layer}: {which}: {err.what}") from None
@@ -284,18 +298,22 @@ class DeconvNet:
 
     # ------------------------------------------------------------ inference
     def infer_prepared(self, Y: list[torch.Tensor], upto: int, max_iter=None,
-                       batch_size: int | None = None) -> list[list[torch.Tensor]]:
+                       batch_size: int | None = None, masks=None) -> list[list[torch.Tensor]]:
         """Maps of layers ``1..upto`` for inputs from :meth:`prepare`: ``out[l][i]`` is
         ``(K, H', W')``. ``max_iter``: per layer, ``None`` or a cap on the solver's iterations in
         place of the layer's own; ``batch_size``: images of one size solved together (see
-        :meth:`DeconvLayer.transform`)."""
+        :meth:`DeconvLayer.transform`). ``masks``: per-pixel weights of layer 1's data term, one
+        per input (the forms :meth:`DeconvLayer.transform` takes, sized like ``Y[i]``): layer
+        1's maps explain the observed pixels only (synthesised, they fill in the missing
+        ones); the layers above code the complete maps below them."""
         caps = list(max_iter) if max_iter is not None else []
         if len(caps) > upto:
             raise ValueError(f"max_iter: {len(caps)} values for {upto} layers")
         caps += [None] * (upto - len(caps))
         out = []
         for i in range(upto):
-            Z = self.layers_[i].transform([y[0] for y in Y], max_iter=caps[i], batch_size=batch_size)
+            Z = self.layers_[i].transform([y[0] for y in Y], max_iter=caps[i], batch_size=batch_size,
+                                          mask=masks if i == 0 else None)
             Z = list(Z) if isinstance(Z, torch.Tensor) else Z
             out.append(Z)
             if i + 1 < upto:
@@ -303,15 +321,16 @@ class DeconvNet:
                 Y = [(z * a + b)[None] for z in Z]
         return out
 
-    def infer(self, images, layers: int | None = None) -> list:
+    def infer(self, images, layers: int | None = None, masks=None) -> list:
         """Feature maps of every layer (or of layers ``1..layers``).
 
         Returns a list over layers; item ``l - 1`` is a ``(N, K_l, H_l, W_l)`` tensor, or a
-        list of ``(K_l, H_l, W_l)`` tensors when the images differ in size.
+        list of ``(K_l, H_l, W_l)`` tensors when the images differ in size. ``masks``: per-pixel
+        weights of layer 1's data term in the space of its inputs (see :meth:`infer_prepared`).
         """
         self._check_fitted()
         upto = self.n_layers if layers is None else self.check_layer(layers)
-        per_layer = self.infer_prepared(self.prepare(images), upto)
+        per_layer = self.infer_prepared(self.prepare(images), upto, masks=masks)
         return [torch.stack(Z) if len({tuple(z.shape) for z in Z}) == 1 else Z for Z in per_layer]
 
     def synthesize_down(self, z: torch.Tensor, layer: int) -> torch.Tensor:
@@ -327,16 +346,18 @@ class DeconvNet:
                 x = (x - b) / a
         return x
 
-    def reconstruct(self, images, layer: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def reconstruct(self, images, layer: int, masks=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Reconstruct images from the maps of ``layer`` alone.
 
         Returns ``(reconstructions, targets)``: two lists of ``(C, H, W)`` tensors in layer 1's
-        input space (preprocessed and rescaled); :func:`snr_db` compares them.
+        input space (preprocessed and rescaled); :func:`snr_db` compares them. ``masks``:
+        per-pixel weights of layer 1's data term (:meth:`infer_prepared`): the maps are inferred
+        from the observed pixels, and the reconstruction fills in the missing ones.
         """
         self._check_fitted()
         self.check_layer(layer)
         Y = self.prepare(images)
-        Z = self.infer_prepared(Y, layer)[layer - 1]
+        Z = self.infer_prepared(Y, layer, masks=masks)[layer - 1]
         recon = [self.synthesize_down(z[None], layer)[0] for z in Z]
         return recon, [y[0] for y in Y]
 
@@ -490,8 +511,9 @@ class _Below:
     below it (``specs``, ``filters``, the chaining ``chains``), the training images' layer-1
     inputs ``Y`` and the held-out images' inputs of layer ``L`` (``held``, or ``None``)."""
 
-    def __init__(self, specs, filters, chains, Y, held, group: Group = LOCAL):
+    def __init__(self, specs, filters, chains, Y, held, group: Group = LOCAL, masks=None):
         self.specs, self.filters, self.chains, self.Y, self.held = specs, filters, chains, Y, held
+        self.masks = masks  # layer 1's per-pixel weights of the training images (or None)
         self.group = group  # sums over the images of every process; each holds its own (others None)
         self.held_maps: list | None = None  # held-out maps of layer L at the last evaluation
 
@@ -509,7 +531,9 @@ class _Below:
 
         def evaluate(state: TrainState, maps) -> dict:
             op, mine = spec.operator(state.filters), self.group.mine
-            out = {"pixel_snr_db": self._snr((self.down(maps.get(i), op), self.Y[i]) for i in mine(range(len(self.Y))))}
+            out = {"pixel_snr_db": self._snr((self.down(maps.get(i), op), self.Y[i],
+                                              None if self.masks is None else self.masks[i])
+                                             for i in mine(range(len(self.Y))))}
             if self.held is not None:
                 solver = replace(spec.solver, lam=state.lam)
                 warm = self.held_maps or [None] * len(self.held[0])
@@ -533,10 +557,12 @@ class _Below:
         return [None if z is None else z * a + b for z in maps], self.held[1]
 
     def _snr(self, pairs) -> float:
+        """SNR of ``(estimate, target[, weights])`` pairs; with weights, over the observed pixels."""
         sig = err = 0.0
-        for x, y in pairs:
-            sig += float(y.double().pow(2).sum())
-            err += float((x.double() - y.double()).pow(2).sum())
+        for x, y, *w in pairs:
+            w = w[0].double() if w and w[0] is not None else 1.0
+            sig += float((y.double().pow(2) * w).sum())
+            err += float(((x.double() - y.double()).pow(2) * w).sum())
         if self.group.size > 1:
             sig, err = self.group.sum_floats(sig, err)
         return snr_db_from(sig, err)

@@ -20,6 +20,12 @@ it can give the all-zero solution. Two scale-free ways to set it:
 
 With the filters fixed these are exact statements about one cost; while filters are learned,
 ``lam_0`` moves with them, so a layer that keeps a target density re-calibrates as it trains.
+
+With per-pixel weights ``w`` (``mask``, :mod:`deconvnet.masks`) the cost's data term is
+:math:`\frac{\lambda}{2}\sum w (Dz - y)^2`, whose gradient at ``z = 0`` is
+:math:`-\lambda D^T(w y)`: the threshold becomes :math:`M = \max|D^T(w\,y)|`, and the
+densities are those of the maps of the weighted cost, so a density can be calibrated on
+incomplete images.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from ._checks import check_int, check_p, check_positive
+from .masks import check_mask
 from .ops import ConvOperator
 from .solvers import sparse_code
 
@@ -41,15 +48,18 @@ SLOPE_GUESS = 2.0
 
 
 def lam_zero(y: torch.Tensor, f: torch.Tensor, *, p: float = 1.0, g=None, boundary: str = "valid",
-             per_sample: bool = False) -> float | torch.Tensor:
+             per_sample: bool = False, mask=None) -> float | torch.Tensor:
     r""":math:`\lambda_0 = (\max|D^T y|)^{p-2}`: for ``p = 1`` the largest ``lam`` at which
-    ``z = 0`` minimises :math:`\frac{\lambda}{2}\|Dz - y\|^2 + \|z\|_1`.
+    ``z = 0`` minimises :math:`\frac{\lambda}{2}\|Dz - y\|^2 + \|z\|_1`; with a ``mask`` of
+    weights ``w``, :math:`(\max|D^T(w\,y)|)^{p-2}`, the same for
+    :math:`\frac{\lambda}{2}\sum w(Dz - y)^2 + \|z\|_1`.
 
     Args:
         y: inputs ``(B, C, H, W)``; f: filters ``(K, C, s, s)``; g, boundary: as
             :func:`~deconvnet.sparse_code`.
         p: sparsity exponent in ``(0, 1]``.
         per_sample: return ``(B,)``, one value per input, instead of one for the batch.
+        mask: ``None`` or per-pixel weights in [0, 1] (as :func:`~deconvnet.sparse_code`).
 
     Returns:
         a float (the batch's: the smallest of the per-sample values), or a ``(B,)`` tensor;
@@ -60,7 +70,8 @@ def lam_zero(y: torch.Tensor, f: torch.Tensor, *, p: float = 1.0, g=None, bounda
     op.check_images(y)
     if not bool(torch.isfinite(y).all()):
         raise ValueError("y contains NaN or Inf")
-    M = op.adjoint(y).abs().flatten(1).amax(1).double()  # (B,)
+    mask = check_mask(mask, y)
+    M = op.adjoint(y if mask is None else y * mask).abs().flatten(1).amax(1).double()  # (B,)
     lam0 = torch.where(M > 0, M.clamp_min(torch.finfo(torch.float64).tiny) ** (p - 2.0),
                        torch.full_like(M, math.inf))
     return lam0 if per_sample else float(lam0.min())
@@ -80,7 +91,7 @@ class Calibration:
 
 def lam_for_density(y: torch.Tensor, f: torch.Tensor, density: float, *, p: float = 1.0, g=None,
                     boundary: str = "valid", method: str = "fista", max_iter: int = 200, tol: float = 1e-4,
-                    rtol: float = 0.05, max_evaluations: int = 30, **solver_options) -> Calibration:
+                    rtol: float = 0.05, max_evaluations: int = 30, mask=None, **solver_options) -> Calibration:
     r"""The ``lam`` at which the maps of ``y`` have ``density`` non-zero entries (a fraction
     of all map entries of the batch), within ``rtol`` relative.
 
@@ -98,6 +109,9 @@ def lam_for_density(y: torch.Tensor, f: torch.Tensor, density: float, *, p: floa
     ``max_evaluations``). Every step depends on densities and ratios only, so inputs ``c y``
     visit the same points and return :math:`\lambda c^{p-2}`.
 
+    ``mask``: per-pixel weights of the data term (:func:`~deconvnet.sparse_code`); ``lam_0``
+    and every solve are those of the weighted cost (incomplete images).
+
     Raises:
         ValueError: for a density outside ``(0, 1)`` or inputs with ``D^T y = 0``.
     """
@@ -105,7 +119,8 @@ def lam_for_density(y: torch.Tensor, f: torch.Tensor, density: float, *, p: floa
         raise ValueError(f"density must be a fraction in (0, 1), got {density!r}")
     rtol = check_positive("rtol", rtol)
     max_evaluations = check_int("max_evaluations", max_evaluations)
-    lam0 = lam_zero(y, f, p=p, g=g, boundary=boundary)
+    lam0 = lam_zero(y, f, p=p, g=g, boundary=boundary, mask=mask)
+    mask = check_mask(mask, y)
     if not math.isfinite(lam0):
         raise ValueError("D^T y is zero: every lam gives all-zero maps, no density can be reached")
     evaluations = 0
@@ -117,7 +132,7 @@ def lam_for_density(y: torch.Tensor, f: torch.Tensor, density: float, *, p: floa
         below = [k for k in warm if k <= log_ratio]
         z0 = warm[max(below)] if below else None
         z = sparse_code(y, f, lam=lam0 * math.exp(log_ratio), p=p, g=g, method=method, boundary=boundary,
-                        z0=z0, max_iter=max_iter, tol=tol, record="last", **solver_options).z
+                        z0=z0, max_iter=max_iter, tol=tol, record="last", mask=mask, **solver_options).z
         warm[log_ratio] = z
         return float((z != 0).sum()) / z.numel(), z
 

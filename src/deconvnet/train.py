@@ -16,6 +16,11 @@ continued from a saved state repeats exactly the numbers of an uninterrupted one
 :class:`~deconvnet.distributed.Group`) says which images of each batch this process codes
 and sums every batch statistic over the processes of a ``torchrun`` job (the identity for
 one process; :mod:`deconvnet.distributed` lists what is reduced).
+
+``masks`` (one per image) weigh the pixels of the data term (:mod:`deconvnet.masks`):
+training from incomplete images. They enter the inference of every batch, the calibration of
+``lam``, the filter update and the epoch records (objective, data term, and the SNR over the
+observed pixels, :math:`10\log_{10}(\sum w y^2 / \sum w (Dz - y)^2)`).
 """
 
 from __future__ import annotations
@@ -159,8 +164,8 @@ class EpochSums:
     signal: float = 0.0
     residual: float = 0.0
 
-    def add(self, last: IterationRecord, z: torch.Tensor, y: torch.Tensor, lam: float) -> None:
-        self.add_totals(batch_totals(last, z, y, lam))
+    def add(self, last: IterationRecord, z: torch.Tensor, y: torch.Tensor, lam: float, mask=None) -> None:
+        self.add_totals(batch_totals(last, z, y, lam, mask))
 
     def add_totals(self, totals: torch.Tensor) -> None:
         """Add a batch's :func:`batch_totals` (summed over the processes that coded it)."""
@@ -189,18 +194,22 @@ class EpochSums:
 _TOTALS = 8
 
 
-def batch_totals(last: IterationRecord | None, z: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
+def batch_totals(last: IterationRecord | None, z: torch.Tensor, y: torch.Tensor, lam: float,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
     r"""What :class:`EpochSums` adds up from one batch, as one float64 vector that several
     processes sum: the solver's final objective, data term and penalty, the non-zero and total
     entries of the maps ``z`` ``(B, K, H', W')``, :math:`\sum\|y\|^2`, :math:`\sum\|Dz - y\|^2`
     (from the data term), a flag (1 when ``z`` holds NaN or Inf), then the non-zeros of each of
-    the ``K`` maps. ``last`` ``None``: an empty share (all zeros)."""
+    the ``K`` maps. ``last`` ``None``: an empty share (all zeros). With per-pixel weights
+    ``mask`` the sums of squares are weighted, :math:`\sum w y^2` and :math:`\sum w (Dz - y)^2`
+    (the solver's data term is already)."""
     K = z.shape[1]
     if last is None:
         return torch.zeros(_TOTALS + K, dtype=torch.float64)
     per_map = (z != 0).sum(dim=(0, 2, 3)).double().cpu()
+    signal = y.double().pow(2) if mask is None else y.double().pow(2) * mask.double()
     head = torch.tensor([last.objective, last.data, last.penalty, float(per_map.sum()), float(z.numel()),
-                         float(y.double().pow(2).sum()), 2.0 * last.data / lam,
+                         float(signal.sum()), 2.0 * last.data / lam,
                          0.0 if bool(torch.isfinite(z).all()) else 1.0], dtype=torch.float64)
     return torch.cat([head, per_map])
 
@@ -319,7 +328,8 @@ def batches(order: list[int], shapes: Sequence[tuple], batch_size: int) -> list[
 
 def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: LayerSpec, maps, *,
                 state: TrainState | None = None, hooks: Sequence[TrainHooks] = (),
-                group: Group = LOCAL, evaluate: Callable[[TrainState, object], dict] | None = None) -> LayerFit:
+                group: Group = LOCAL, evaluate: Callable[[TrainState, object], dict] | None = None,
+                masks: Sequence[torch.Tensor | None] | None = None) -> LayerFit:
     r"""Train one layer on checked ``inputs`` (``inputs[i]`` ``(1, C, H, W)`` on ``spec``'s
     device and dtype, of shape ``shapes[i]``), from ``state`` (default: a fresh start).
 
@@ -340,6 +350,13 @@ def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: L
     initial filters) and corrected after every batch from the density of its maps
     (:func:`lam_step`); an epoch's record holds the ``lam`` it ended with, and the layer
     keeps the last one.
+
+    ``masks``: ``None`` (complete images: the code path and numbers of no masks), or one
+    checked mask per image (``masks[i]`` broadcastable to ``inputs[i]``, ``(1, C or 1, H, W)``,
+    weights in [0, 1] on ``spec``'s device and dtype; like ``inputs``, read only for the images
+    this process owns): the per-pixel weights of the data term of image ``i`` in its inference,
+    the calibration, the filter update and the epoch's record. Masks of all ones train exactly
+    as no masks.
 
     Raises :class:`DivergenceError` when maps or filters become NaN or Inf.
     """
@@ -364,12 +381,13 @@ def train_layer(inputs: Sequence[torch.Tensor], shapes: Sequence[tuple], spec: L
                     state.equations = None
                 t_epoch, base_epoch = time.perf_counter(), 0.0
             if state.lam is None:
-                state.lam = spec.config.lam if density is None else _calibrate(inputs, shapes, spec, state, group)
+                state.lam = (spec.config.lam if density is None
+                             else _calibrate(inputs, shapes, spec, state, group, masks))
             todo = batches(state.order, shapes, spec.batch_size)
             done = sum(len(b) for b in todo[:state.batches_done])
             for idx in todo[state.batches_done:]:
                 mine = group.mine(idx)
-                z, measured = _train_batch(inputs, shapes, idx, mine, spec, maps, state, group)
+                z, measured = _train_batch(inputs, shapes, idx, mine, spec, maps, state, group, masks)
                 if density is not None:
                     state.lam = lam_step(state.lam, measured, density, len(idx) / n)
                 for hook in hooks:
@@ -445,19 +463,24 @@ def lam_step(lam: float, measured: float, density: float, weight: float = 1.0) -
     return lam * min(max(step, 1.0 / MAX_LAM_STEP), MAX_LAM_STEP)
 
 
-def _calibrate(inputs, shapes, spec: LayerSpec, state: TrainState, group: Group = LOCAL) -> float:
+def _calibrate(inputs, shapes, spec: LayerSpec, state: TrainState, group: Group = LOCAL, masks=None) -> float:
     """The ``lam`` at which the first images of the epoch's order have ``spec``'s density,
-    with the current filters and the layer's own solver (on rank 0, with the images sent by
-    their owners; the others receive its result)."""
+    with the current filters and the layer's own solver (on rank 0, with the images and their
+    masks sent by their owners; the others receive its result)."""
     first = batches(state.order, shapes, CALIBRATION_IMAGES)[0]
     y = torch.cat([group.fetch(inputs, i, shapes[i], spec.dtype, spec.device) for i in first])
+    mask = None
+    if masks is not None:  # each owner sends its image's mask, expanded to the image's shape
+        own = {i: _mask_of(masks, i, shapes[i]) for i in first if group.owns(i)}
+        mask = torch.cat([group.fetch(own, i, shapes[i], spec.dtype, spec.device) for i in first])
     if not group.is_main:
         return group.from_main(0.0)
     lc = spec.config
     extra = {} if lc.method != "continuation" else {"beta0": lc.beta0, "beta_inc": lc.beta_inc,
                                                      "n_beta": lc.n_beta, "n_cg": lc.n_cg}
     cal = lam_for_density(y, state.filters, lc.density, p=lc.p, g=spec.g, boundary=spec.boundary,
-                          method=lc.method, max_iter=lc.max_iter, tol=lc.tol, rtol=CALIBRATION_RTOL, **extra)
+                          method=lc.method, max_iter=lc.max_iter, tol=lc.tol, rtol=CALIBRATION_RTOL, mask=mask,
+                          **extra)
     return group.from_main(cal.lam)
 
 
@@ -477,8 +500,25 @@ def cos_to(f: torch.Tensor, f0: torch.Tensor, g=None) -> float:
     return float(cos[mask].mean())
 
 
+def _mask_of(masks, i: int, shape: tuple) -> torch.Tensor:
+    """Image ``i``'s mask expanded to its inputs' ``shape`` ``(1, C, H, W)``."""
+    return masks[i].expand(shape)
+
+
+def _batch_mask(masks, idx: list[int], mine: list[int], shapes, spec: LayerSpec) -> torch.Tensor | None:
+    """The masks of this process's images ``mine`` of the batch ``idx``, ``(B, C, H, W)``;
+    ``None`` without masks. An empty share's all-zero stand-in gets a mask of ones (it adds
+    nothing whatever its weights; with a mask its solver joins the batch's choice of method,
+    :func:`~deconvnet.solvers.admm.admm`)."""
+    if masks is None:
+        return None
+    if not mine:
+        return torch.ones(shapes[idx[0]], dtype=spec.dtype, device=spec.device)
+    return torch.cat([_mask_of(masks, i, shapes[i]) for i in mine])
+
+
 def _train_batch(inputs, shapes, idx: list[int], mine: list[int], spec: LayerSpec, maps, state: TrainState,
-                 group: Group) -> tuple[torch.Tensor, float]:
+                 group: Group, masks=None) -> tuple[torch.Tensor, float]:
     """Code this process's images ``mine`` of the batch ``idx`` warm-started from their stored
     maps, then update the filters from the statistics of the whole batch (with
     ``filter_every="epoch"``, only add the batch's normal equations to the epoch's; with
@@ -495,9 +535,13 @@ def _train_batch(inputs, shapes, idx: list[int], mine: list[int], spec: LayerSpe
     else:
         y, z0 = torch.zeros(shapes[idx[0]], dtype=spec.dtype, device=spec.device), None
     op = spec.operator(state.filters)
+    mask = _batch_mask(masks, idx, mine, shapes, spec)
     opts = spec.solver if state.lam == spec.solver.lam else replace(spec.solver, lam=state.lam)
-    res = solve(op, y, opts, z0) if group.batchwide is None else solve(op, y, opts, z0, group.batchwide)
-    totals = group.sum(batch_totals(res.history[-1] if mine else None, res.z, y, state.lam))
+    if mask is None:
+        res = solve(op, y, opts, z0) if group.batchwide is None else solve(op, y, opts, z0, group.batchwide)
+    else:
+        res = solve(op, y, opts, z0, group.batchwide, mask)
+    totals = group.sum(batch_totals(res.history[-1] if mine else None, res.z, y, state.lam, mask))
     if totals[7] > 0:
         raise DivergenceError(idx, state.epoch, "the feature maps")
     state.sums.add_totals(totals)
@@ -506,9 +550,10 @@ def _train_batch(inputs, shapes, idx: list[int], mine: list[int], spec: LayerSpe
     every = filter_every(spec, state.epoch)
     if every == "batch":
         fopts = spec.filter_update
-        f = learn_filters(y, res.z, op, fopts if state.lam == fopts.lam else replace(fopts, lam=state.lam), reduce)
+        f = learn_filters(y, res.z, op, fopts if state.lam == fopts.lam else replace(fopts, lam=state.lam), reduce,
+                          mask)
     else:
-        eq = normal_equations(y, res.z, op, reduce)
+        eq = normal_equations(y, res.z, op, reduce, mask)
         if state.equations is None:
             state.equations = eq
         elif every == "epoch":

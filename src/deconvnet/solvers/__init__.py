@@ -5,7 +5,10 @@ All methods minimise, independently for every batch element ``b``,
 .. math::  C(z) = \frac{\lambda}{2}\,\| D z - y \|_2^2 + \sum |z|^p ,
 
 where ``D`` is the synthesis operator of :mod:`deconvnet.ops` (``lam`` weights the data term as
-in the paper; SPORCO's ``lmbda`` is ``1/lam``). A whole batch is solved at once.
+in the paper; SPORCO's ``lmbda`` is ``1/lam``). A whole batch is solved at once. With a
+``mask`` of per-pixel weights ``w`` in [0, 1] the data term is
+:math:`\frac{\lambda}{2}\sum_p w_p ((Dz)_p - y_p)^2` (missing pixels have ``w = 0``; an
+extension, see :mod:`deconvnet.masks`).
 
 Methods, one module each, each with its typed options:
 
@@ -32,6 +35,7 @@ import torch
 
 from .._checks import check_int, check_nonnegative, check_p, check_positive
 from ..config import METHODS, LayerConfig, method_allowed
+from ..masks import WeightedOperator, check_mask, masked_sq
 from ..ops import ConvOperator
 from ._loop import IterationRecord, Objective, SparseCode
 from .admm import AdmmOptions, admm
@@ -46,11 +50,14 @@ SolverOptions = Union[FistaOptions, ContinuationOptions, AdmmOptions]
 _RUN = {FistaOptions: fista, ContinuationOptions: continuation, AdmmOptions: admm}
 
 
-def objective(y, z, f, *, lam: float, p: float = 1.0, g=None, boundary: str = "valid") -> Objective:
-    r"""Evaluate :math:`\frac{\lambda}{2}\|Dz-y\|^2 + \sum|z|^p` (Zeiler et al. 2010, eq. 1/3).
+def objective(y, z, f, *, lam: float, p: float = 1.0, g=None, boundary: str = "valid", mask=None) -> Objective:
+    r"""Evaluate :math:`\frac{\lambda}{2}\|Dz-y\|^2 + \sum|z|^p` (Zeiler et al. 2010, eq. 1/3),
+    or with per-pixel weights ``mask`` :math:`\frac{\lambda}{2}\sum_p w_p((Dz)_p-y_p)^2 + \sum|z|^p`
+    (:mod:`deconvnet.masks`; the cost every solver minimises with that ``mask``).
 
     Args:
         y: ``(B, C, H, W)``; z: ``(B, K, H', W')``; f: ``(K, C, s, s)``.
+        mask: ``None`` or weights in [0, 1] broadcastable to ``y`` (see :func:`sparse_code`).
 
     Returns:
         :class:`Objective` ``(total, data, penalty)`` as Python floats, summed over the batch.
@@ -58,8 +65,9 @@ def objective(y, z, f, *, lam: float, p: float = 1.0, g=None, boundary: str = "v
     lam, p = check_positive("lam", lam), check_p(p)
     op = ConvOperator(f, g, boundary)
     op.check_pair(y, z)
+    mask = check_mask(mask, y)
     r = op.forward(z) - y
-    data = 0.5 * lam * float(r.pow(2).sum())
+    data = 0.5 * lam * float(masked_sq(r, mask))
     pen = float(penalty(z, p))
     return Objective(data + pen, data, pen)
 
@@ -76,11 +84,17 @@ def options_for(lc: LayerConfig, record: str = "last") -> SolverOptions:
 
 
 def solve(op: ConvOperator, y: torch.Tensor, opts: SolverOptions, z0: torch.Tensor | None = None,
-          batchwide=None) -> SparseCode:
-    """Run the method of ``opts`` on inputs ``y`` ``(B, C, H, W)`` from ``z0`` (default zeros).
+          batchwide=None, mask: torch.Tensor | None = None) -> SparseCode:
+    r"""Run the method of ``opts`` on inputs ``y`` ``(B, C, H, W)`` from ``z0`` (default zeros).
 
-    Nothing is checked here: ``y``, ``z0`` and ``opts`` must come checked (from
-    :func:`sparse_code` or from a validated configuration).
+    Nothing is checked here: ``y``, ``z0``, ``mask`` and ``opts`` must come checked (from
+    :func:`sparse_code` or from a validated configuration; a mask by
+    :func:`deconvnet.masks.check_mask`).
+
+    ``mask``: ``None`` (the code path and the numbers of the unweighted cost) or per-pixel
+    weights broadcastable to ``y``. FISTA and continuation run on the weighted operator
+    :class:`~deconvnet.masks.WeightedOperator` and the inputs :math:`\sqrt w\, y`; ADMM
+    runs its masked split (:mod:`.admm`).
 
     ``batchwide``: ``None``, or a function that takes the maxima over this batch that a
     method's decisions depend on (a float64 vector: FISTA's failed-decrease flag and largest
@@ -90,6 +104,11 @@ def solve(op: ConvOperator, y: torch.Tensor, opts: SolverOptions, z0: torch.Tens
     larger batch solved at once. Continuation has no such decision."""
     if z0 is None:
         z0 = torch.zeros(op.map_shape(y.shape), dtype=y.dtype, device=y.device)
+    if mask is not None:
+        if isinstance(opts, AdmmOptions):
+            return admm(op, y, z0, opts, batchwide, mask)
+        op = WeightedOperator(op, mask)
+        y = op.weigh(y)
     if batchwide is None or isinstance(opts, ContinuationOptions):
         return _RUN[type(opts)](op, y, z0, opts)
     return _RUN[type(opts)](op, y, z0, opts, batchwide)
@@ -116,10 +135,12 @@ def sparse_code(
     check_every: int | None = None,
     record: str = "all",
     flush_denormals: bool = False,
+    mask=None,
 ) -> SparseCode:
     r"""Infer sparse feature maps ``z`` with ``D z ~ y`` for a batch of inputs.
 
-    Minimises :math:`\frac{\lambda}{2}\|Dz - y\|^2 + \sum|z|^p` for every batch element.
+    Minimises :math:`\frac{\lambda}{2}\|Dz - y\|^2 + \sum|z|^p` for every batch element, or
+    with a ``mask`` :math:`\frac{\lambda}{2}\sum_p w_p((Dz)_p - y_p)^2 + \sum|z|^p`.
 
     Args:
         y: inputs ``(B, C, H, W)`` (images, or the maps of the layer below).
@@ -146,6 +167,12 @@ def sparse_code(
         flush_denormals: iterate with denormal floats treated as zero
             (:func:`deconvnet.runtime.flush_denormals`; off again afterwards), as
             :class:`~deconvnet.DeconvLayer` does for FISTA.
+        mask: ``None``, or per-pixel weights ``w`` in [0, 1] of the data term (0 = a missing
+            pixel, whose value in ``y`` is ignored): ``(B, C, H, W)``, ``(B, 1, H, W)``,
+            ``(1, C, H, W)``, ``(1, 1, H, W)`` or ``(H, W)``; booleans accepted
+            (:mod:`deconvnet.masks`). A mask of another size, with values outside [0, 1] or
+            NaN, or one that hides every pixel of an input is refused before any work. A mask
+            of all ones gives exactly the maps of ``mask=None``.
 
     Returns:
         :class:`SparseCode` with ``.z``, ``.history``, ``.converged``, ``.n_iter``.
@@ -164,6 +191,7 @@ def sparse_code(
         op.check_pair(y, z0)
     if not bool(torch.isfinite(y).all()):
         raise ValueError("y contains NaN or Inf")
+    mask = check_mask(mask, y)
     if not method_allowed(method, boundary):
         raise ValueError(f"method={method!r} solves the periodic problem only: use boundary='circular' "
                          "(or method='fista' / 'continuation' for the paper's 'valid' boundary)")
@@ -185,4 +213,4 @@ def sparse_code(
         if rho is not None and not float(rho) > 0:
             raise ValueError(f"rho must be > 0, got {rho!r}")
         opts = AdmmOptions(lam, p, max_iter, tol, rho, relax, check_every, record, bool(flush_denormals))
-    return solve(op, y, opts, z0)
+    return solve(op, y, opts, z0, mask=mask)
