@@ -7,7 +7,7 @@ scikit-image's denoisers, its biharmonic inpainting and BM3D.
 ``--paper``: a 2-layer network (e.g. preset ``calibrated``) whose layer-1 and layer-2
 reconstructions are scored (the paper's experiment, Zeiler et al. 2010; paper-notes 5.3);
 ``--denoise``: the denoising model (preset ``denoise``), restored with its recipe
-(:data:`deconvnet.config.DENOISE_RECIPE`). Test photos: scikit-image's ``camera``,
+(:data:`deconvnet.restoration.DENOISE_RECIPE`). Test photos: scikit-image's ``camera``,
 ``astronaut``, ``coffee``, ``chelsea``, ``coins`` and ``rocket`` (grey, centre ``side x side``
 crops; none is in BSDS500, which the models train on), and the image files of ``--images``.
 
@@ -24,7 +24,8 @@ scikit-image's example), ``denoise_tv_chambolle`` (weight ``sigma_est``), and BM
 
 Inpainting: 50% of the pixels missing at random (seeded), and a text overlay (lines of text
 drawn over the image, their pixels missing); PSNR over the whole image of the denoising
-model's inpainting (``deconvnet.restoration.inpaint``) and of ``inpaint_biharmonic``.
+model's inpainting (``deconvnet.restoration.restore`` with the masks and the model's recipe,
+flipped copies included) and of ``inpaint_biharmonic``.
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ def text_mask(shape, seed: int = 0) -> np.ndarray:
     return (np.asarray(canvas) > 127).astype(np.float64)
 
 
+def _secs(v: float) -> str:
+    return f"{v:.2f}" if v >= 0.01 else "<0.01"
+
+
 def scores(clean, est):
     est = np.clip(est, 0.0, 1.0)
     return (float(peak_signal_noise_ratio(clean, est, data_range=1.0)),
@@ -114,7 +119,7 @@ def main() -> int:
     print(f"# {env}")
     paper = dn.DeconvNet.load(args.paper, device=args.device)
     model = dn.DeconvNet.load(args.denoise, device=args.device)
-    recipe = dict(dn.config.DENOISE_RECIPE)
+    recipe = dict(dn.restoration.DENOISE_RECIPE)
     if args.copies is not None:
         recipe["copies"] = args.copies
     model_settings = RestoreSettings(**{k: v for k, v in recipe.items() if k != "layer"})
@@ -180,7 +185,7 @@ def main() -> int:
         row = f"{m:<26}"
         for s in sigmas:
             d = results["denoising"][str(s)][m]
-            row += f"{d['psnr']:>8.2f}{d['ssim']:>7.3f}{d['seconds']:>7.2f}"
+            row += f"{d['psnr']:>8.2f}{d['ssim']:>7.3f}{_secs(d['seconds']):>7}"
         print(row)
     if not args.no_inpainting:
         inpainting(results, images, model, model_layer, model_settings)
@@ -203,8 +208,7 @@ def inpainting(results, images, model, layer, settings):
             per["inpaint_biharmonic"][1].append(time.perf_counter() - t)
             per["inpaint_biharmonic"][0].append(scores(clean, est)[0])
             t = time.perf_counter()
-            (res,) = restore(model, [clean * mask], masks=[mask], layers=(layer,),
-                             settings=RestoreSettings(**{**vars(settings), "copies": 1}))
+            (res,) = restore(model, [clean * mask], masks=[mask], layers=(layer,), settings=settings)
             per["DN denoise model"][1].append(time.perf_counter() - t)
             per["DN denoise model"][0].append(scores(clean, res[layer][0])[0])
         rows[kind] = {m: {"psnr": float(np.mean(p)), "seconds": float(np.mean(t)), "per_image_psnr": p}
@@ -214,7 +218,7 @@ def inpainting(results, images, model, layer, settings):
     print("Inpainting: mean PSNR (dB) over the whole image / seconds per image")
     print(f"{'method':<26}" + "".join(f"{k:>20}" for k in rows))
     for m in ("DN denoise model", "inpaint_biharmonic"):
-        print(f"{m:<26}" + "".join(f"{rows[k][m]['psnr']:>13.2f}{rows[k][m]['seconds']:>7.2f}" for k in rows))
+        print(f"{m:<26}" + "".join(f"{rows[k][m]['psnr']:>13.2f}{_secs(rows[k][m]['seconds']):>7}" for k in rows))
 
 
 if __name__ == "__main__":

@@ -47,8 +47,7 @@ def main() -> None:
         (res,) = restore(paper, [noisy], sigma=25 / 255, layers=(1, 2))
         top += [("paper net, layer 1", res[1][0]), ("paper net, layer 2", res[2][0])]
     mask = (np.random.default_rng(0).random(clean.shape) >= 0.5).astype(float)
-    inpainted = restore(model, [clean * mask], masks=[mask], layers=(layer,),
-                        settings=RestoreSettings(**{**vars(settings), "copies": 1}))[0][layer][0]
+    inpainted = restore(model, [clean * mask], masks=[mask], layers=(layer,), settings=settings)[0][layer][0]
     bottom = [("50% missing", clean * mask), ("inpaint_biharmonic", inpaint_biharmonic(clean * mask, mask == 0)),
               ("denoising model, inpainting", inpainted)]
     n = max(len(top), len(bottom))

@@ -147,8 +147,8 @@ def test_noise_lam_carries_sigma_through_the_preprocessing(net2):
     _, norm = normalize(np.pad(_photos(20)[0][None], ((0, 0), (2, 2), (2, 2)), mode="reflect"), "toolbox2010")
     s_in = noise_std_in(net2, norm, 0.1)
     assert s_in == pytest.approx(abs(net2.input_affine_[0]) * 0.1 * norm.gain)  # divisor 1 on [0, 1] images
-    assert noise_lam(s_in, 2.0) == pytest.approx(2.0 / s_in ** 2)
-    assert noise_lam(2 * s_in, 2.0) == pytest.approx(noise_lam(s_in, 2.0) / 4)
+    assert noise_lam(s_in, 2.0) == pytest.approx(2.0 / s_in)
+    assert noise_lam(2 * s_in, 2.0) == pytest.approx(noise_lam(s_in, 2.0) / 2)
 
 
 @pytest.mark.parametrize("value,match", [
@@ -180,7 +180,7 @@ def test_fill_missing_interpolates_and_keeps_known_pixels():
     m[:, 5:15, 10:20] = 0
     f = fill_missing(x * m, m)
     np.testing.assert_array_equal(f[m > 0], x[m > 0])
-    assert np.abs(f - x)[m == 0].max() < 0.15
+    assert np.abs(f - x)[m == 0].max() < 1e-6  # a ramp is biharmonic: filled exactly
 
 
 # ------------------------------------------------------------------------ CLI

@@ -441,11 +441,12 @@ def _layers_arg(net, layer) -> int:
 
 
 def _settings(args):
-    from .restoration import RestoreSettings  # noqa: PLC0415
+    from .restoration import DENOISE_RECIPE, RestoreSettings  # noqa: PLC0415
 
     try:
         extra = {} if args.lam_factor is None else {"lam_factor": args.lam_factor}
-        return RestoreSettings(copies=args.copies, two_pass=args.two_pass, **extra)
+        copies = DENOISE_RECIPE["copies"] if args.copies is None else args.copies
+        return RestoreSettings(copies=copies, two_pass=args.two_pass, **extra)
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -715,10 +716,10 @@ def _parser() -> argparse.ArgumentParser:
     def restoring(p):
         p.add_argument("--layer", type=int, default=None, help="reconstruct from this layer's maps (default 1)")
         p.add_argument("--lam-factor", type=float, default=None, metavar="C",
-                       help="c in lam = c / sigma_y^2 at layer 1 (default: deconvnet.restoration.LAM_FACTOR)")
-        p.add_argument("--copies", type=int, default=1, metavar="N",
+                       help="c in lam = c / sigma_y at layer 1 (default: deconvnet.restoration.LAM_FACTOR)")
+        p.add_argument("--copies", type=int, default=None, metavar="N",
                        help="average the results of N of the 8 flips/transpositions of the image (1-8; "
-                            "default 1; N times slower)")
+                            "default 8, about +0.3 dB over 1; N times slower than 1)")
         p.add_argument("--two-pass", action="store_true",
                        help="take the low frequencies from a first estimate (twice slower)")
         device(p)

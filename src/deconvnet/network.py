@@ -231,6 +231,9 @@ class DeconvNet:
         group = LOCAL if group is None else group
         data = self.read(images)
         if self.config.crop is not None:  # training windows (NetConfig.crop)
+            if masks is not None:
+                raise ValueError("masks: not with crop (training windows); give masks of whole images with "
+                                 "crop=none, or crop the images and masks yourself")
             data = training_crops(data, self.config.crop, self.config.seed)
         Y = self.prepare(data, fit_affine=True)
         shapes = [tuple(y.shape) for y in Y]
