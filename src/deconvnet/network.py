@@ -103,7 +103,8 @@ class DeconvNet:
         maps = "/".join(str(lc.n_maps) for lc in cfg.layers)
         sizes = "/".join(str(lc.filter_size) for lc in cfg.layers)
         state = "trained" if hasattr(self, "layers_") else "untrained"
-        return (f"DeconvNet({len(cfg.layers)} layers, maps {maps}, filters {sizes}, {cfg.color}, "
+        n = len(cfg.layers)
+        return (f"DeconvNet({n} layer{'' if n == 1 else 's'}, maps {maps}, filters {sizes}, {cfg.color}, "
                 f"preprocess={cfg.preprocess}, {state}, device={self.device})")
 
     # ------------------------------------------------------------ structure
@@ -117,9 +118,12 @@ class DeconvNet:
             raise ValueError(f"layer={layer!r} is not allowed: this network has layers 1 to {self.n_layers}")
         return layer
 
-    def _check_fitted(self):
+    def check_fitted(self) -> None:
+        """``RuntimeError`` unless this network is trained (``fit``) or loaded (``load``)."""
         if not hasattr(self, "layers_"):
             raise RuntimeError("this DeconvNet is not trained: call fit(images) or DeconvNet.load(path)")
+
+    _check_fitted = check_fitted
 
     def tables(self) -> list[np.ndarray]:
         """Each layer's ``(K, C)`` connectivity, drawn from its kind and seed (``seed + l``)."""

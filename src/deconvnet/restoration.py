@@ -392,7 +392,7 @@ def restore(net, images, *, sigma: float | None = None, masks=None, layers=(1,),
     Returns:
         per image, ``{layer: (C, H, W) float64 array}``.
     """
-    net._check_fitted()
+    net.check_fitted()
     settings = RestoreSettings() if settings is None else settings
     sigma = None if sigma is None else check_sigma(sigma)
     layers = sorted({net.check_layer(L) for L in layers})
