@@ -106,9 +106,10 @@ def _read_training_images(folder: Path, cfg, say):
     that could be read is smaller than the layer-1 filters (plus the border the
     preprocessing removes), it names ``layer1.filter_size``."""
     from .images import read_folder  # noqa: PLC0415
+    from .preprocess import CROP  # noqa: PLC0415
 
     s = cfg.layers[0].filter_size
-    min_side = s + (4 if cfg.preprocess == "toolbox2010" else 0)
+    min_side = s + 2 * CROP[cfg.preprocess]
     try:
         data = read_folder(folder, cfg.color, cfg.max_side, min_side=min_side, filter_size=s)
     except ValueError as err:

@@ -49,7 +49,7 @@ from scipy.signal import convolve2d
 from .config import PREPROCESSING
 
 __all__ = ["gaussian_kernel", "local_contrast_normalize", "laplacian_normalize", "local_normalize_2011",
-           "highpass_normalize", "HIGHPASS_SIGMA",
+           "highpass_normalize", "HIGHPASS_SIGMA", "CROP",
            "preprocess", "normalize", "undo", "Normalization", "rescale_affine", "rescale_dataset"]
 
 def gaussian_kernel(size: int = 5, sigma: float = 1.591) -> np.ndarray:
@@ -234,12 +234,16 @@ def _impulse_gain(kernel: np.ndarray) -> float:
     return float(np.sqrt((d ** 2).sum()))
 
 
+#: the frame (pixels on every side) each kind drops: the 2010 toolbox's 5x5 'valid' window.
+CROP = {"toolbox2010": 2, "laplacian": 0, "lcn2011": 0, "highpass": 0, "none": 0}
+
+
 def normalize(image: np.ndarray, kind: str = "toolbox2010") -> tuple[np.ndarray, Normalization]:
     """:func:`preprocess` of a ``(C, H, W)`` image, and the :class:`Normalization` that
     :func:`undo` inverts it with: ``undo(norm, y)`` is ``norm.interior(image)`` to rounding."""
     if kind == "toolbox2010":
         y, low, div = _toolbox2010(image)
-        return y, Normalization(kind, low, div, 2, _impulse_gain(gaussian_kernel(5, 1.591)))
+        return y, Normalization(kind, low, div, CROP[kind], _impulse_gain(gaussian_kernel(5, 1.591)))
     if kind == "laplacian":
         y, low, div = _laplacian(image)
         return y, Normalization(kind, low, div, 0, _impulse_gain(NEIGHBOUR_MEAN))

@@ -26,10 +26,10 @@ input scale, ``g`` the noise gain of the normalisation's linear part
 (:attr:`Normalization.gain <deconvnet.preprocess.Normalization.gain>`: 0.94 for
 ``toolbox2010``, 0.97 for ``highpass``) and :math:`\bar d` the median of its divisor (1 for
 ``toolbox2010`` on images in [0, 1]). ``lam`` scales as ``1 / a``, as it must for the maps to
-scale with the input. (A Laplace prior of fixed scale would give :math:`c / \sigma_y^2`; on the
-``denoise`` model the best ``c`` of that form grew in proportion to sigma, 0.35 / 0.5 / >= 1 at
-sigma 15 / 25 / 50, which is the law above.) The factor ``c`` (:data:`LAM_FACTOR`) was fitted
-on scikit-image photos not trained on (README, "Restoration"); :func:`noise_lam` computes ``lam``.
+scale with the input. (A Laplace prior of fixed scale would give :math:`c / \sigma_y^2`, whose
+best ``c`` on the ``denoise`` model grew with sigma.) The factor ``c`` (:data:`LAM_FACTOR`)
+was fitted on scikit-image photos not trained on; ``benchmarks/bench_restoration_choices.py``
+compares it with its neighbours at three noise levels. :func:`noise_lam` computes ``lam``.
 
 **What the network does not code.** The network sees ``x - low`` only: ``low`` (the local
 mean the normalisation removes) comes back unchanged, noise included (for ``toolbox2010``,
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from .images import read_images
-from .preprocess import Normalization, normalize, undo
+from .preprocess import CROP, Normalization, normalize, undo
 
 __all__ = ["RestoreSettings", "LAM_FACTOR", "DENOISE_RECIPE", "noise_lam", "noise_std_in", "restore", "denoise", "inpaint",
            "fill_missing", "check_sigma", "check_masks", "PixelOperator", "DIHEDRAL"]
@@ -65,7 +65,7 @@ LAM_FACTOR = 0.35
 
 #: how the ``denoise`` preset's model restores (README, "Restoration"): from layer 1's maps, the
 #: noise-aware ``lam`` with :data:`LAM_FACTOR`, the mean of the 8 flips and transpositions of
-#: the image (+0.3 dB at sigma 25 over the image alone, 8 times the time).
+#: the image (8 times the time of the image alone; ``benchmarks/bench_restoration_choices.py``).
 DENOISE_RECIPE = {"layer": 1, "lam_factor": LAM_FACTOR, "copies": 8}
 
 #: the 8 flips and transpositions of a square (``(transpose, flip rows, flip columns)``).
@@ -88,8 +88,8 @@ class RestoreSettings:
     the paper). ``debias``: conjugate-gradient steps of least squares on the support of the
     maps (0 = none; :func:`debias`). ``inpaint_sigma``: the noise level assumed on the known
     pixels when inpainting without ``sigma`` (sets the noise-aware ``lam``; small = the known
-    pixels are explained almost exactly: 0.001 measured best of 0.02 / 0.005 / 0.002 / 0.001 /
-    0.0005 on 50% missing pixels).
+    pixels are explained almost exactly; ``benchmarks/bench_restoration_choices.py`` compares
+    0.005 / 0.002 / 0.001 on 50% missing pixels).
     """
 
     lam_factor: float = LAM_FACTOR
@@ -180,7 +180,7 @@ def fill_missing(x: np.ndarray, m: np.ndarray) -> np.ndarray:
     """``x`` ``(C, H, W)`` with its missing pixels (``m == 0``) filled by scikit-image's
     biharmonic inpainting (:func:`skimage.restoration.inpaint_biharmonic`), channel by
     channel; known pixels stay. Restoration takes the low part the network does not code from
-    this fill (+0.4 dB over a normalised-convolution fill at 50% missing, README)."""
+    this fill."""
     from skimage.restoration import inpaint_biharmonic  # noqa: PLC0415
 
     out = x.copy()
@@ -352,12 +352,9 @@ def _restore_one(net, x: np.ndarray, layers: list[int], sigma: float | None, m: 
     """Restore one ``(C, H, W)`` image from the maps of each of ``layers``; see :func:`restore`.
     ``low``: the low part to use in place of the normalisation's own (``(C, H, W)``, the
     two-pass scheme)."""
-    kind = net.config.preprocess
-    pad = 2 if kind == "toolbox2010" else 0
     if m is not None:
         x = fill_missing(x, m)
-    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad)), mode="reflect") if pad else x
-    yn, norm = normalize(xp, kind)
+    yn, norm = _normalize_padded(net, x)
     if low is not None:  # the two-pass scheme: code x - low with the low part of a first estimate
         yn = (x - low) / norm.divisor
         norm = Normalization(norm.kind, low, norm.divisor, norm.crop, norm.gain)
@@ -419,12 +416,17 @@ def restore(net, images, *, sigma: float | None = None, masks=None, layers=(1,),
     return results
 
 
+def _normalize_padded(net, x: np.ndarray):
+    """:func:`normalize` of ``x`` ``(C, H, W)`` padded by reflection by the frame ``net``'s
+    preprocessing drops (:data:`deconvnet.preprocess.CROP`), so that all of ``x`` comes back."""
+    kind = net.config.preprocess
+    pad = CROP[kind]
+    return normalize(np.pad(x, ((0, 0), (pad, pad), (pad, pad)), mode="reflect") if pad else x, kind)
+
+
 def _low_of(net, x: np.ndarray) -> np.ndarray:
     """The low part the network's normalisation removes from ``x`` ``(C, H, W)``, at ``x``'s size."""
-    kind = net.config.preprocess
-    pad = 2 if kind == "toolbox2010" else 0
-    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad)), mode="reflect") if pad else x
-    return normalize(xp, kind)[1].low
+    return _normalize_padded(net, x)[1].low
 
 
 def _user_layout(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,83 @@
+"""The choices behind the restoration recipe (issue 14), side by side in one run: PSNR (dB)
+of each variant, mean over scikit-image's ``camera``, ``astronaut``, ``coffee`` and ``coins``
+(grey 256x256 centre crops, not in BSDS500), noise seeded per image.
+
+    python benchmarks/bench_restoration_choices.py --paper RUN_DIR --denoise RUN_DIR --threads 2
+
+Rows: the noise-aware factor ``c`` of ``lam = c / sigma_y`` at sigma 15 / 25 / 50 (one copy);
+``two_pass`` and 8 flipped copies at sigma 25; the paper network's layers 1 and 2 with the
+pixel refit (default) and layer by layer (the paper's) at sigma 32 (0.25 on [-1, 1]);
+inpainting with 50% missing against ``inpaint_biharmonic`` for several ``inpaint_sigma``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+from common import environment, parse
+from skimage import color, data, util
+from skimage.metrics import peak_signal_noise_ratio
+from skimage.restoration import inpaint_biharmonic
+
+import deconvnet as dn
+from deconvnet.restoration import RestoreSettings, restore
+
+PHOTOS = ("camera", "astronaut", "coffee", "coins")
+
+
+def photos(side: int = 256) -> list[np.ndarray]:
+    out = []
+    for name in PHOTOS:
+        im = util.img_as_float64(getattr(data, name)())
+        im = color.rgb2gray(im[..., :3]) if im.ndim == 3 else im
+        H, W = im.shape
+        out.append(np.ascontiguousarray(im[(H - side) // 2:(H + side) // 2, (W - side) // 2:(W + side) // 2]))
+    return out
+
+
+def mean_psnr(net, images, sigma255, layers=(1,), **settings) -> dict[int, float]:
+    scores = {L: [] for L in layers}
+    for i, x in enumerate(images):
+        y = x + np.random.default_rng(i).standard_normal(x.shape) * sigma255 / 255
+        (r,) = restore(net, [y], sigma=sigma255 / 255, layers=layers, settings=RestoreSettings(**settings))
+        for L in layers:
+            scores[L].append(peak_signal_noise_ratio(x, r[L][0], data_range=1.0))
+    return {L: float(np.mean(v)) for L, v in scores.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--paper", required=True, metavar="RUN_DIR", help="a 2-layer network")
+    ap.add_argument("--denoise", required=True, metavar="RUN_DIR", help="the denoising model")
+    args = parse(ap, device=True, json=False)
+    print(f"# {environment(args.device)}")
+    model = dn.DeconvNet.load(args.denoise, device=args.device)
+    paper = dn.DeconvNet.load(args.paper, device=args.device)
+    images = photos()
+    print("lam = c / sigma_y, one copy: PSNR at sigma 15 / 25 / 50")
+    for c in (0.3, 0.35, 0.42):
+        row = [mean_psnr(model, images, s, lam_factor=c)[1] for s in (15, 25, 50)]
+        print(f"  c = {c:<5}" + "".join(f"{v:8.2f}" for v in row), flush=True)
+    print("sigma 25, c = 0.35:")
+    for name, kw in (("one copy", {}), ("two_pass", {"two_pass": True}), ("8 copies", {"copies": 8})):
+        print(f"  {name:<12}{mean_psnr(model, images, 25, **kw)[1]:8.2f}", flush=True)
+    print("paper network, sigma 32: layer 1 / layer 2")
+    for name, kw in (("pixel refit", {}), ("layer-wise", {"inference": "layerwise"})):
+        r = mean_psnr(paper, images, 32, layers=(1, 2), **kw)
+        print(f"  {name:<12}{r[1]:8.2f}{r[2]:8.2f}", flush=True)
+    print("inpainting, 50% missing, one copy: PSNR")
+    masks = [(np.random.default_rng(500 + i).random(x.shape) >= 0.5).astype(float) for i, x in enumerate(images)]
+    bh = np.mean([peak_signal_noise_ratio(x, inpaint_biharmonic(x * m, m == 0), data_range=1.0)
+                  for x, m in zip(images, masks)])
+    print(f"  {'biharmonic':<20}{bh:8.2f}")
+    for s in (0.005, 0.002, 0.001):
+        v = np.mean([peak_signal_noise_ratio(x, restore(model, [x * m], masks=[m], settings=RestoreSettings(
+            inpaint_sigma=s))[0][1][0], data_range=1.0) for x, m in zip(images, masks)])
+        print(f"  inpaint_sigma {s:<6}{v:8.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
