@@ -5,9 +5,12 @@ of each variant, mean over scikit-image's ``camera``, ``astronaut``, ``coffee`` 
     python benchmarks/bench_restoration_choices.py --paper RUN_DIR --denoise RUN_DIR --threads 2
 
 Rows: the noise-aware factor ``c`` of ``lam = c / sigma_y`` at sigma 15 / 25 / 50 (one copy);
-``two_pass`` and 8 flipped copies at sigma 25; the paper network's layers 1 and 2 with the
-pixel refit (default) and layer by layer (the paper's) at sigma 32 (0.25 on [-1, 1]);
-inpainting with 50% missing against ``inpaint_biharmonic`` for several ``inpaint_sigma``.
+two scales (:mod:`deconvnet.multiscale`) at the same sigmas; ``two_pass``, 8 flipped copies and
+8 copies of two scales at sigma 25; the paper network's layers 1 and 2 at sigma 32 (0.25 on
+[-1, 1]) with the noise-aware ``lam`` (pixel refit, the default, and layer by layer) and with the
+paper's protocol (each layer's own ``lam``, layer by layer: ``deconvnet denoise --paper``);
+inpainting with 50% missing against ``inpaint_biharmonic`` for several ``inpaint_sigma`` and
+two scales.
 """
 
 from __future__ import annotations
@@ -37,11 +40,13 @@ def photos(side: int = 256) -> list[np.ndarray]:
     return out
 
 
-def mean_psnr(net, images, sigma255, layers=(1,), **settings) -> dict[int, float]:
+def mean_psnr(net, images, sigma255, layers=(1,), own_lam=False, **settings) -> dict[int, float]:
+    """Mean PSNR per layer; ``own_lam``: every layer's own trained ``lam`` (sigma not given)."""
     scores = {L: [] for L in layers}
     for i, x in enumerate(images):
         y = x + np.random.default_rng(i).standard_normal(x.shape) * sigma255 / 255
-        (r,) = restore(net, [y], sigma=sigma255 / 255, layers=layers, settings=RestoreSettings(**settings))
+        (r,) = restore(net, [y], sigma=None if own_lam else sigma255 / 255, layers=layers,
+                       settings=RestoreSettings(**settings))
         for L in layers:
             scores[L].append(peak_signal_noise_ratio(x, r[L][0], data_range=1.0))
     return {L: float(np.mean(v)) for L, v in scores.items()}
@@ -60,13 +65,20 @@ def main() -> int:
     for c in (0.3, 0.35, 0.42):
         row = [mean_psnr(model, images, s, lam_factor=c)[1] for s in (15, 25, 50)]
         print(f"  c = {c:<5}" + "".join(f"{v:8.2f}" for v in row), flush=True)
+    print("two scales (deconvnet.multiscale), one copy, c = 0.35: PSNR at sigma 15 / 25 / 50")
+    row = [mean_psnr(model, images, s, scales=2)[1] for s in (15, 25, 50)]
+    print("  scales = 2 " + "".join(f"{v:8.2f}" for v in row), flush=True)
     print("sigma 25, c = 0.35:")
-    for name, kw in (("one copy", {}), ("two_pass", {"two_pass": True}), ("8 copies", {"copies": 8})):
-        print(f"  {name:<12}{mean_psnr(model, images, 25, **kw)[1]:8.2f}", flush=True)
-    print("paper network, sigma 32: layer 1 / layer 2")
-    for name, kw in (("pixel refit", {}), ("layer-wise", {"inference": "layerwise"})):
+    for name, kw in (("one copy", {}), ("two_pass", {"two_pass": True}), ("8 copies", {"copies": 8}),
+                     ("8 copies, 2 scales", {"copies": 8, "scales": 2})):
+        print(f"  {name:<20}{mean_psnr(model, images, 25, **kw)[1]:8.2f}", flush=True)
+    print("paper network, sigma 32: noisy input / layer 1 / layer 2")
+    noisy = np.mean([peak_signal_noise_ratio(x, np.clip(x + np.random.default_rng(i).standard_normal(x.shape) * 32 / 255,
+                                                        0, 1), data_range=1.0) for i, x in enumerate(images)])
+    for name, kw in (("noise-aware lam, pixel refit", {}), ("noise-aware lam, layer-wise", {"inference": "layerwise"}),
+                     ("own lam, layer-wise (paper)", {"inference": "layerwise", "own_lam": True})):
         r = mean_psnr(paper, images, 32, layers=(1, 2), **kw)
-        print(f"  {name:<12}{r[1]:8.2f}{r[2]:8.2f}", flush=True)
+        print(f"  {name:<30}{noisy:8.2f}{r[1]:8.2f}{r[2]:8.2f}", flush=True)
     print("inpainting, 50% missing, one copy: PSNR")
     masks = [(np.random.default_rng(500 + i).random(x.shape) >= 0.5).astype(float) for i, x in enumerate(images)]
     bh = np.mean([peak_signal_noise_ratio(x, inpaint_biharmonic(x * m, m == 0), data_range=1.0)
@@ -76,6 +88,9 @@ def main() -> int:
         v = np.mean([peak_signal_noise_ratio(x, restore(model, [x * m], masks=[m], settings=RestoreSettings(
             inpaint_sigma=s))[0][1][0], data_range=1.0) for x, m in zip(images, masks)])
         print(f"  inpaint_sigma {s:<6}{v:8.2f}", flush=True)
+    v = np.mean([peak_signal_noise_ratio(x, restore(model, [x * m], masks=[m], settings=RestoreSettings(
+        scales=2))[0][1][0], data_range=1.0) for x, m in zip(images, masks)])
+    print(f"  inpaint_sigma 0.001, 2 scales{v:8.2f}", flush=True)
     return 0
 
 

@@ -5,7 +5,8 @@
 Top row: a 256x256 crop of scikit-image's ``camera`` (not in the training photos), the same
 with Gaussian noise of sigma 25 (0-255 scale, seed 0), the denoising model's result (with its
 recipe, ``deconvnet.restoration.DENOISE_RECIPE``) and, with ``--paper``, the paper network's
-layer-1 and layer-2 reconstructions. Bottom row: the crop with 50% of its pixels missing at
+layer-1 and layer-2 reconstructions with the paper's protocol (each layer's own ``lam``, layer by
+layer). Bottom row: the crop with 50% of its pixels missing at
 random (seed 0, shown black), ``skimage.restoration.inpaint_biharmonic`` and the denoising
 model's inpainting. Every panel is titled with its PSNR.
 """
@@ -21,7 +22,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from skimage.restoration import inpaint_biharmonic
 
 import deconvnet as dn
-from deconvnet.restoration import DENOISE_RECIPE, RestoreSettings, restore
+from deconvnet.restoration import DENOISE_RECIPE, RestoreSettings, recipe_settings, restore
 
 
 def main() -> None:
@@ -39,19 +40,20 @@ def main() -> None:
     noisy = clean + np.random.default_rng(0).standard_normal(clean.shape) * 25 / 255
     model = dn.DeconvNet.load(args.denoise)
     layer = DENOISE_RECIPE["layer"]
-    settings = RestoreSettings(**{k: v for k, v in DENOISE_RECIPE.items() if k != "layer"})
+    settings = recipe_settings()
     top = [("clean", clean), ("noisy, sigma 25", noisy),
            ("denoising model", restore(model, [noisy], sigma=25 / 255, layers=(layer,), settings=settings)[0][layer][0])]
     if args.paper:
         paper = dn.DeconvNet.load(args.paper)
-        (res,) = restore(paper, [noisy], sigma=25 / 255, layers=(1, 2))
-        top += [("paper net, layer 1", res[1][0]), ("paper net, layer 2", res[2][0])]
+        # the paper's protocol: every layer's own lam, layer by layer (deconvnet denoise --paper)
+        (res,) = restore(paper, [noisy], sigma=None, layers=(1, 2), settings=RestoreSettings(inference="layerwise"))
+        top += [("paper net, layer 1\n(paper's protocol)", res[1][0]), ("paper net, layer 2\n(paper's protocol)", res[2][0])]
     mask = (np.random.default_rng(0).random(clean.shape) >= 0.5).astype(float)
     inpainted = restore(model, [clean * mask], masks=[mask], layers=(layer,), settings=settings)[0][layer][0]
     bottom = [("50% missing", clean * mask), ("inpaint_biharmonic", inpaint_biharmonic(clean * mask, mask == 0)),
               ("denoising model, inpainting", inpainted)]
     n = max(len(top), len(bottom))
-    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.6))
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 6.4))
     for row, panels in enumerate((top, bottom)):
         for j in range(n):
             ax = axes[row, j]

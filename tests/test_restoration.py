@@ -127,6 +127,24 @@ def test_denoising_improves_a_noisy_photo_and_flips_average(net2):
     assert not np.array_equal(one, four)
 
 
+def test_two_scales_restore_layer_1_only_and_keep_known_pixels(net2):
+    """``scales=2`` (deconvnet.multiscale) through restore: the maps of both scales are coded, the
+    known pixels of an inpainted image stay, the result differs from one scale's; asking for
+    layer 2 with it is refused. (The joint solve itself is checked against a Lasso in
+    test_multiscale.py; what it gains, by benchmarks/bench_restoration_choices.py.)"""
+    x = _photos(24)[0]
+    m = (np.random.default_rng(3).random(x.shape) > 0.4).astype(float)
+    (one,) = restore(net2, [x * m], masks=[m], settings=RestoreSettings())
+    (two,) = restore(net2, [x * m], masks=[m], settings=RestoreSettings(scales=2))
+    r = two[1][0]
+    np.testing.assert_array_equal(r[m == 1], np.clip(x, 0, 1)[m == 1])
+    assert np.abs(r - one[1][0]).max() > 0  # the coarse atoms fill the missing pixels too
+    with pytest.raises(ValueError, match="layer 1's maps only"):
+        restore(net2, [x], sigma=0.1, layers=(1, 2), settings=RestoreSettings(scales=2))
+    with pytest.raises(ValueError, match="scales=5"):
+        RestoreSettings(scales=5)
+
+
 def test_inpainting_keeps_known_pixels_and_fills_the_missing_ones(net2):
     """Without noise the known pixels come back as given; the missing ones are filled about as
     well as the interpolation the preprocessing starts from (this tiny network, 4 maps trained
@@ -215,6 +233,26 @@ def test_cli_denoise_with_noise_sigma_prints_the_table_and_writes_the_images(fil
     assert (files / "den2.tif").exists()
 
 
+def test_cli_denoise_paper_protocol_uses_each_layers_own_lam_layer_by_layer(files, net2, capsys):
+    """``--paper``: the reconstructions the command writes are restore()'s with sigma None (each
+    layer's own lam) and layer-wise inference, one copy; the table names the protocol."""
+    from deconvnet.cli import main
+    from deconvnet.images import load_image
+
+    out = files / "paper.png"
+    assert main(["denoise", str(files / "model"), str(files / "clean.png"), "--noise-sigma", "25", "--paper",
+                 "--layer", "2", "--out", str(out)]) == 0
+    assert "own lam (the paper's protocol)" in capsys.readouterr().out
+    clean = load_image(files / "clean.png", "gray")[0]
+    noisy = clean + np.random.default_rng(0).standard_normal(clean.shape) * 25 / 255  # the command's seed 0
+    (ref,) = restore(net2, [noisy], sigma=None, layers=(2,), settings=RestoreSettings(inference="layerwise"))
+    (pix,) = restore(net2, [noisy], sigma=None, layers=(2,), settings=RestoreSettings(inference="pixel"))
+    got = load_image(out, "gray")[0]
+    # the written 8-bit file is the layer-wise result, not the pixel-refit one
+    assert np.abs(got - ref[2][0]).max() <= 1 / 255 + 1e-9
+    assert np.abs(pix[2][0] - ref[2][0]).max() > 2 / 255
+
+
 def test_cli_inpaint_writes_the_image(files, capsys):
     from deconvnet.cli import main
 
@@ -236,12 +274,16 @@ def test_cli_inpaint_writes_the_image(files, capsys):
     (["denoise", "{m}", "{d}/nothere.png", "--sigma", "5", "--out", "{d}/o.png"], "nothere.png: no such file"),
     (["denoise", "{d}/nomodel", "{d}/clean.png", "--sigma", "5", "--out", "{d}/o.png"], "no such run folder"),
     (["denoise", "{m}", "{d}/clean.png", "--sigma", "5", "--copies", "9", "--out", "{d}/o.png"], "copies=9"),
+    (["denoise", "{m}", "{d}/clean.png", "--sigma", "5", "--paper", "--out", "{d}/o.png"], "leave out --sigma"),
+    (["denoise", "{m}", "{d}/clean.png", "--paper", "--copies", "8", "--out", "{d}/o.png"], "leave out --copies"),
+    (["denoise", "{m}", "{d}/clean.png", "--sigma", "5", "--layer", "2", "--scales", "2", "--out", "{d}/o.png"],
+     "--scales 2: several scales restore from layer 1 only"),
     (["inpaint", "{m}", "{d}/clean.png", "--mask", "{d}/small.png", "--out", "{d}/o.png"],
      "30x40 pixels, the image is 40x40"),
     (["inpaint", "{m}", "{d}/clean.png", "--mask", "{d}/zeros.png", "--out", "{d}/o.png"], "every pixel is 0"),
     (["inpaint", "{m}", "{d}/clean.png", "--mask", "{d}/broken.png", "--out", "{d}/o.png"], "broken.png: "),
 ], ids=["negative", "nan", "not-a-number", "no-sigma", "layer", "suffix", "unreadable", "missing", "no-model",
-        "copies", "mask-size", "mask-zeros", "mask-unreadable"])
+        "copies", "paper-sigma", "paper-copies", "scales-layer2", "mask-size", "mask-zeros", "mask-unreadable"])
 def test_cli_bad_inputs_are_one_line_errors_before_any_work(files, capsys, argv, match):
     from deconvnet.cli import main
 

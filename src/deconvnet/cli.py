@@ -10,7 +10,8 @@ Commands (``deconvnet COMMAND --help`` for each):
 - ``report RUN_DIR``: ``RUN_DIR/report.html``
 - ``denoise MODEL IMAGE --sigma S [--layer L] --out FILE``: remove Gaussian noise (``S`` on the
   0-255 scale); ``--noise-sigma S`` adds seeded noise to a clean IMAGE and prints the PSNR and
-  SSIM of the noisy input and of every layer's reconstruction (:mod:`deconvnet.restoration`)
+  SSIM of the noisy input and of every layer's reconstruction (:mod:`deconvnet.restoration`);
+  ``--paper`` infers as the paper did (layer by layer, each layer's own ``lam``)
 - ``inpaint MODEL IMAGE --mask MASK [--layer L] --out FILE``: fill the pixels MASK marks 0
 - ``demo [--out DIR]``: trains a 3-layer network on images shipped with scikit-image, writes
   the report and says where it is
@@ -31,6 +32,7 @@ import io
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -442,14 +444,23 @@ def _layers_arg(net, layer) -> int:
 
 
 def _settings(args):
-    from .restoration import DENOISE_RECIPE, RestoreSettings  # noqa: PLC0415
+    from .restoration import recipe_settings  # noqa: PLC0415
 
     try:
-        extra = {} if args.lam_factor is None else {"lam_factor": args.lam_factor}
-        copies = DENOISE_RECIPE["copies"] if args.copies is None else args.copies
-        return RestoreSettings(copies=copies, two_pass=args.two_pass, **extra)
+        given = {"lam_factor": args.lam_factor, "copies": args.copies, "scales": args.scales}
+        return recipe_settings(two_pass=args.two_pass, **{k: v for k, v in given.items() if v is not None})
     except ValueError as err:
         raise UserError(str(err)) from None
+
+
+def _for_layer(settings, args, L: int):
+    """``settings`` for a reconstruction from layer ``L``: the recipe's several scales are for
+    layer 1; above it one scale, unless ``--scales`` asked for more (then a one-line error)."""
+    if L == 1 or settings.scales == 1:
+        return settings
+    if args.scales is not None:
+        raise UserError(f"--scales {args.scales}: several scales restore from layer 1 only, not layer {L}")
+    return replace(settings, scales=1)
 
 
 def cmd_denoise(args) -> int:
@@ -459,12 +470,20 @@ def cmd_denoise(args) -> int:
 
     sigma = _sigma_arg(args.sigma, "--sigma")
     noise = _sigma_arg(args.noise_sigma, "--noise-sigma")
-    if sigma is None and noise is None:
+    if args.paper and sigma is not None:
+        raise UserError("--paper uses every layer's own lam, not the noise level: leave out --sigma")
+    if sigma is None and noise is None and not args.paper:
         raise UserError("denoise needs --sigma S (the noise level of IMAGE, 0-255 scale), or --noise-sigma S "
-                        "to add noise to a clean IMAGE")
-    if sigma is None:
+                        "to add noise to a clean IMAGE, or --paper")
+    if sigma is None and not args.paper:
         sigma = noise
     settings = _settings(args)
+    if args.paper:  # the paper's protocol: layer by layer, each layer's own lam, the image alone
+        if args.copies is not None or args.lam_factor is not None or args.two_pass or args.scales is not None:
+            raise UserError("--paper is the paper's protocol: leave out --copies, --lam-factor, --scales and "
+                            "--two-pass")
+        settings = replace(settings, inference="layerwise", copies=1, scales=1)
+    weight = "each layer's own lam (the paper's protocol)" if args.paper else f"sigma {sigma:g}"
     out = _check_out_file(args.out)
     (path,) = _image_files([args.image])
     model = Path(args.model)
@@ -474,9 +493,10 @@ def cmd_denoise(args) -> int:
     L = _layers_arg(net, args.layer)
     x = _read_one(path, net.config.color)  # (C, H, W) in [0, 1]
     if noise is None:
-        (res,) = restore(net, [_hwc(x)], sigma=sigma / 255.0, layers=(L,), settings=settings)
+        (res,) = restore(net, [_hwc(x)], sigma=None if args.paper else sigma / 255.0, layers=(L,),
+                         settings=_for_layer(settings, args, L))
         _write_restored(out, _hwc(res[L]))
-        print(f"{path.name}: denoised from layer {L} (sigma {sigma:g} on the 0-255 scale) -> {out}")
+        print(f"{path.name}: denoised from layer {L} ({weight}) -> {out}")
         return 0
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # noqa: PLC0415
 
@@ -484,7 +504,12 @@ def cmd_denoise(args) -> int:
     clean = _hwc(x)
     noisy = clean + rng.standard_normal(clean.shape) * (noise / 255.0)
     layers = list(range(1, net.n_layers + 1))
-    (res,) = restore(net, [noisy], sigma=sigma / 255.0, layers=layers, settings=settings)
+    s_noise = None if args.paper else sigma / 255.0
+    _for_layer(settings, args, L)  # a --scales that cannot be used is refused before any work
+    (res,) = restore(net, [noisy], sigma=s_noise, layers=(1,), settings=settings)  # layer 1 as --layer 1 gives it
+    if len(layers) > 1:
+        (up,) = restore(net, [noisy], sigma=s_noise, layers=layers[1:], settings=replace(settings, scales=1))
+        res |= up
     channel = None if clean.ndim == 2 else 2
 
     def score(est):
@@ -496,8 +521,7 @@ def cmd_denoise(args) -> int:
         est = _hwc(res[k])
         target = out if k == L else out.with_name(f"{out.stem}.layer{k}{out.suffix}")
         rows.append((f"layer {k}", *score(est), _write_restored(target, est)))
-    print(f"{path.name}: Gaussian noise of sigma {noise:g} (0-255 scale, seed {args.seed}), denoised with "
-          f"sigma {sigma:g}")
+    print(f"{path.name}: Gaussian noise of sigma {noise:g} (0-255 scale, seed {args.seed}), denoised with {weight}")
     print(f"{'':<12} {'PSNR dB':>8} {'SSIM':>6}  file")
     for name, p, s_, f in rows:
         print(f"{name:<12} {p:8.2f} {s_:6.3f}  {f}")
@@ -532,7 +556,7 @@ def cmd_inpaint(args) -> int:
     L = _layers_arg(net, args.layer)
     img = _hwc(_read_one(path, net.config.color))
     (res,) = restore(net, [img], sigma=None if not sigma else sigma / 255.0, masks=[known.astype(np.float64)],
-                     layers=(L,), settings=settings)
+                     layers=(L,), settings=_for_layer(settings, args, L))
     _write_restored(out, _hwc(res[L]))
     print(f"{path.name}: {int((~known).sum())} of {known.size} pixels missing ({100 * (~known).mean():.1f}%), "
           f"filled from layer {L} -> {out}")
@@ -721,6 +745,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--copies", type=int, default=None, metavar="N",
                        help="average the results of N of the 8 flips/transpositions of the image (1-8; "
                             "default 8, about +0.3 dB over 1; N times slower than 1)")
+        p.add_argument("--scales", type=int, default=None, metavar="J",
+                       help="code with layer 1's filters at J scales at once (1-4; default: the recipe's, "
+                            "deconvnet.restoration.DENOISE_RECIPE; layer 1 only)")
         p.add_argument("--two-pass", action="store_true",
                        help="take the low frequencies from a first estimate (twice slower)")
         device(p)
@@ -736,6 +763,10 @@ def _parser() -> argparse.ArgumentParser:
                         "denoise it, and print PSNR and SSIM of the noisy input and of every layer's "
                         "reconstruction; writes FILE (from --layer) and FILE's stem .noisy / .layerN beside it")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise of --noise-sigma (default 0)")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's protocol: maps inferred layer by layer with each layer's own trained lam "
+                        "(no noise-aware weight; --sigma not used), the image alone; with --noise-sigma, "
+                        "layer 2 beats layer 1 as in the paper (README, Restoration)")
     p.add_argument("--out", required=True, metavar="FILE", help="the denoised image (.png, .tif or .bmp)")
     restoring(p)
     p.set_defaults(func=cmd_denoise)

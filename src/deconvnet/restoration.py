@@ -38,6 +38,15 @@ True)`` takes it from a first estimate instead: ``low`` is recomputed from the f
 pass's result and the noisy image less that ``low`` is coded again, so that the noise in the
 low frequencies, which the filters cannot represent, is left out.
 
+**Several scales.** ``RestoreSettings(scales=J)`` codes layer 1's maps together with the same
+filters at 2, ..., 2^(J-1) times their size (:mod:`deconvnet.multiscale`): structure wider than
+a filter, and the noise there, is then coded by sparse coarse atoms rather than passed through
+or lost. It restores from layer 1 only.
+
+**The paper's protocol.** ``sigma=None`` and ``RestoreSettings(inference="layerwise")`` infer
+every layer with its own trained ``lam``, layer by layer, as the paper did (``deconvnet denoise
+--paper``); the noise-aware weight is this package's addition.
+
 Inpainting (``masks``, 1 = known pixel, 0 = missing) uses the masked data term of the
 solvers (``sparse_code(..., mask=...)``): the missing pixels are first filled by a cheap
 interpolation (:func:`fill_missing`, biharmonic) so that the preprocessing, which
@@ -55,18 +64,20 @@ import numpy as np
 import torch
 
 from .images import read_images
+from .multiscale import MultiScaleOperator
 from .preprocess import CROP, Normalization, normalize, undo
 
-__all__ = ["RestoreSettings", "LAM_FACTOR", "DENOISE_RECIPE", "noise_lam", "noise_std_in", "restore", "denoise", "inpaint",
+__all__ = ["RestoreSettings", "LAM_FACTOR", "DENOISE_RECIPE", "recipe_settings", "noise_lam", "noise_std_in", "restore", "denoise", "inpaint",
            "fill_missing", "check_sigma", "check_masks", "PixelOperator", "DIHEDRAL"]
 
 #: ``c`` of the noise-aware weight ``lam = c / sigma_y`` (see the module docstring).
 LAM_FACTOR = 0.35
 
 #: how the ``denoise`` preset's model restores (README, "Restoration"): from layer 1's maps, the
-#: noise-aware ``lam`` with :data:`LAM_FACTOR`, the mean of the 8 flips and transpositions of
-#: the image (8 times the time of the image alone; ``benchmarks/bench_restoration_choices.py``).
-DENOISE_RECIPE = {"layer": 1, "lam_factor": LAM_FACTOR, "copies": 8}
+#: noise-aware ``lam`` with :data:`LAM_FACTOR`, layer 1's filters at 2 scales coded jointly
+#: (:mod:`deconvnet.multiscale`), the mean of the 8 flips and transpositions of the image (8
+#: times the time of the image alone; ``benchmarks/bench_restoration_choices.py``).
+DENOISE_RECIPE = {"layer": 1, "lam_factor": LAM_FACTOR, "copies": 8, "scales": 2}
 
 #: the 8 flips and transpositions of a square (``(transpose, flip rows, flip columns)``).
 DIHEDRAL = tuple((t, r, c) for t in (False, True) for r in (False, True) for c in (False, True))
@@ -76,7 +87,9 @@ DIHEDRAL = tuple((t, r, c) for t in (False, True) for r in (False, True) for c i
 class RestoreSettings:
     """How :func:`restore` infers and combines.
 
-    ``lam_factor``: ``c`` in ``lam = c / sigma_y`` at layer 1 (denoising). ``upper_lam_scale``:
+    ``lam_factor``: ``c`` in ``lam = c / sigma_y`` at layer 1 (denoising). ``scales``: layer 1's
+    filters are also used at 2, 4, ... times their size, all scales' maps coded at once
+    (:mod:`deconvnet.multiscale`; restoring from layer 1 only). ``upper_lam_scale``:
     layers above 1 use their own ``lam`` times this. ``max_iter`` / ``tol``: the solver's cap
     and tolerance (``None``: the layer's own). ``copies``: how many of the 8 flips and
     transpositions of the image (:data:`DIHEDRAL`) are restored and averaged (1 = the image
@@ -93,6 +106,7 @@ class RestoreSettings:
     """
 
     lam_factor: float = LAM_FACTOR
+    scales: int = 1
     upper_lam_scale: float = 1.0
     max_iter: int = 300
     tol: float = 1e-4
@@ -117,6 +131,14 @@ class RestoreSettings:
             raise ValueError(f"inference={self.inference!r} is not allowed: 'pixel' or 'layerwise'")
         if self.copies not in range(1, 9) or isinstance(self.copies, bool):
             raise ValueError(f"copies={self.copies!r} is not allowed: an integer from 1 to 8")
+        if self.scales not in range(1, 5) or isinstance(self.scales, bool):
+            raise ValueError(f"scales={self.scales!r} is not allowed: an integer from 1 to 4")
+
+
+def recipe_settings(**overrides) -> RestoreSettings:
+    """:class:`RestoreSettings` of :data:`DENOISE_RECIPE` (what ``deconvnet denoise`` and
+    ``inpaint`` use by default), with ``overrides``."""
+    return RestoreSettings(**({k: v for k, v in DENOISE_RECIPE.items() if k != "layer"} | overrides))
 
 
 # ------------------------------------------------------------------ checks
@@ -325,6 +347,8 @@ def _maps(net, Y: torch.Tensor, top: int, lam1: float, settings: RestoreSettings
         if i == 0:
             op = PixelOperator(net, 1, shape, M)
             target = inp if M is None else inp * op.sqrt_w
+            if settings.scales > 1:
+                op = MultiScaleOperator(op.ops[0], settings.scales, op.sqrt_w)
             z = _fista(op, target, lam1, lay.spec_.config.p, settings)
             if settings.debias and (settings.inference == "layerwise" or top == 1):
                 z = debias(op, target, z, settings.debias)
@@ -366,7 +390,11 @@ def _restore_one(net, x: np.ndarray, layers: list[int], sigma: float | None, m: 
     Z = _maps(net, Y, max(layers), lam1, settings, M)
     out = {}
     for L in layers:
-        xr = undo(norm, net.synthesize_down(Z[L - 1], L)[0], (a, b))
+        if settings.scales > 1:  # layer 1 alone (restore checks)
+            xr = MultiScaleOperator(net.layers_[0].spec_.operator(net.layers_[0].filters_), settings.scales)
+            xr = undo(norm, xr.forward(Z[0])[0], (a, b))
+        else:
+            xr = undo(norm, net.synthesize_down(Z[L - 1], L)[0], (a, b))
         out[L] = xr if m is None or sigma else m * x + (1 - m) * xr  # noise-free known pixels are kept
     return out
 
@@ -395,6 +423,9 @@ def restore(net, images, *, sigma: float | None = None, masks=None, layers=(1,),
     layers = sorted({net.check_layer(L) for L in layers})
     if not layers:
         raise ValueError("layers: give at least one layer")
+    if settings.scales > 1 and layers != [1]:
+        raise ValueError(f"scales={settings.scales} restores from layer 1's maps only, not from layer(s) "
+                         f"{', '.join(map(str, layers))}")
     data = read_images(images, net.config.color, None)
     ms = None if masks is None else check_masks(masks, list(data))
     results = []
