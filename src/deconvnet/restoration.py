@@ -67,8 +67,8 @@ from .images import read_images
 from .multiscale import MultiScaleOperator
 from .preprocess import CROP, Normalization, normalize, undo
 
-__all__ = ["RestoreSettings", "LAM_FACTOR", "DENOISE_RECIPE", "recipe_settings", "noise_lam", "noise_std_in", "restore", "denoise", "inpaint",
-           "fill_missing", "check_sigma", "check_masks", "PixelOperator", "DIHEDRAL"]
+__all__ = ["RestoreSettings", "LAM_FACTOR", "DENOISE_RECIPE", "recipe_settings", "noise_lam", "noise_std_in",
+           "restore", "denoise", "inpaint", "fill_missing", "check_sigma", "check_masks", "PixelOperator", "DIHEDRAL"]
 
 #: ``c`` of the noise-aware weight ``lam = c / sigma_y`` (see the module docstring).
 LAM_FACTOR = 0.35
