@@ -46,7 +46,7 @@ from skimage.restoration import (denoise_nl_means, denoise_tv_chambolle, denoise
                                  inpaint_biharmonic)
 
 import deconvnet as dn
-from deconvnet.restoration import RestoreSettings, restore
+from deconvnet.restoration import RestoreSettings, recipe_settings, restore
 
 PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "coins", "rocket")
 
@@ -129,7 +129,7 @@ def main() -> int:
     recipe = dict(dn.restoration.DENOISE_RECIPE)
     if args.copies is not None:
         recipe["copies"] = args.copies
-    model_settings = RestoreSettings(**{k: v for k, v in recipe.items() if k != "layer"})
+    model_settings = recipe_settings(copies=recipe["copies"])
     model_layer = recipe.get("layer", 1)
     images = test_images(args.side, args.images)
     sigmas = [float(s) for s in args.sigmas.split(",")]

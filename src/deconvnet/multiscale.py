@@ -29,6 +29,7 @@ so it stays 0 under the shrinkage, and :mod:`deconvnet.solvers`' FISTA runs unch
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -62,7 +63,8 @@ class MultiScaleOperator:
     """Layer 1's operator ``op`` at ``scales`` scales (module docstring), with an optional
     per-pixel weight ``sqrt_w`` (``(1, C, H, W)``, the square root of a mask) applied after the
     synthesis, as :class:`deconvnet.restoration.PixelOperator` does. It has what
-    :func:`deconvnet.solvers.solve`'s FISTA uses of an operator."""
+    :func:`deconvnet.solvers.solve`'s FISTA uses of an operator; :meth:`synthesize` is the
+    unweighted synthesis (the restored image), :meth:`weighted` the same scales with a weight."""
 
     def __init__(self, op, scales: int, sqrt_w: torch.Tensor | None = None):
         if isinstance(scales, bool) or not isinstance(scales, int) or scales < 1:
@@ -75,6 +77,12 @@ class MultiScaleOperator:
             1.0 / self._atom_norms(j) for j in range(1, scales)]
         self._norm_sq = None
 
+    def weighted(self, sqrt_w: torch.Tensor | None) -> "MultiScaleOperator":
+        """The same scales (and atom weights, not computed again) with the weight ``sqrt_w``."""
+        out = copy.copy(self)
+        out.sqrt_w = sqrt_w
+        return out
+
     def _atom_norms(self, j: int) -> torch.Tensor:
         """``||U^j D e_k||`` for every map ``k`` (an impulse at the centre of a large grid)."""
         n = 4 * self.s * 2 ** j
@@ -83,10 +91,7 @@ class MultiScaleOperator:
                         dtype=self.dtype, device=self.device)
         c = z.shape[-1] // 2
         z[torch.arange(self.K), torch.arange(self.K), c, c] = 1.0
-        x = self.op.forward(z)
-        for i in range(j, 0, -1):
-            x = upsample(x, sizes[i - 1])
-        return x.flatten(1).norm(dim=1)
+        return _upsample_from(self.op.forward(z), sizes, j).flatten(1).norm(dim=1)
 
     def _sizes(self, H: int, W: int) -> list[tuple[int, int]]:
         out = [(H, W)]
@@ -104,20 +109,18 @@ class MultiScaleOperator:
         h, w = self._sizes(H, W)[j]
         return z[:, j * self.K:(j + 1) * self.K, :h + self.s - 1, :w + self.s - 1]
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        H, W = z.shape[-2] - self.s + 1, z.shape[-1] - self.s + 1
-        sizes = self._sizes(H, W)
+    def synthesize(self, z: torch.Tensor) -> torch.Tensor:
+        r""":math:`\sum_j U^j D (w_j \odot z_j)`, without the weight: maps -> ``(B, C, H, W)``."""
+        sizes = self._sizes(z.shape[-2] - self.s + 1, z.shape[-1] - self.s + 1)
         out = self.op.forward(self.scale_maps(z, 0))
         for j in range(1, self.J):
-            x = self.op.forward(self.scale_maps(z, j) * self.w[j][None, :, None, None])
-            for i in range(j, 0, -1):
-                x = upsample(x, sizes[i - 1])
-            out = out + x
-        return out if self.sqrt_w is None else out * self.sqrt_w
+            out = out + _upsample_from(self.op.forward(self.scale_maps(z, j) * self.w[j][None, :, None, None]),
+                                       sizes, j)
+        return out
 
-    def adjoint(self, r: torch.Tensor) -> torch.Tensor:
-        r = r if self.sqrt_w is None else r * self.sqrt_w
-        B, _, H, W = r.shape
+    def synthesize_adjoint(self, r: torch.Tensor) -> torch.Tensor:
+        """The adjoint of :meth:`synthesize`; the maps' padding (module docstring) is 0."""
+        H, W = r.shape[-2:]
         sizes = self._sizes(H, W)
         parts, x = [self.op.adjoint(r)], r
         Hm, Wm = H + self.s - 1, W + self.s - 1
@@ -127,20 +130,32 @@ class MultiScaleOperator:
             parts.append(F.pad(g, (0, Wm - g.shape[-1], 0, Hm - g.shape[-2])))
         return torch.cat(parts, dim=1).contiguous(memory_format=self.memory_format)
 
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.synthesize(z)
+        return out if self.sqrt_w is None else out * self.sqrt_w
+
+    def adjoint(self, r: torch.Tensor) -> torch.Tensor:
+        return self.synthesize_adjoint(r if self.sqrt_w is None else r * self.sqrt_w)
+
     def periodic_norm_sq(self, H: int, W: int) -> float:
         """A power-iteration estimate of ``||A||^2`` on a 64x64 image without the weight
         (``w <= 1`` only lowers the norm; FISTA's backtracking corrects an estimate that is short)."""
         if self._norm_sq is None:
-            sqrt_w, self.sqrt_w = self.sqrt_w, None
             gen = torch.Generator(device="cpu").manual_seed(0)
             v = torch.randn(self.map_shape((1, self.C, 64, 64)), generator=gen, dtype=torch.float64)
-            v = v.to(self.device, self.dtype)
-            v = self.adjoint(self.forward(v))
+            v = self.synthesize_adjoint(self.synthesize(v.to(self.device, self.dtype)))
             est = 0.0
             for _ in range(30):
                 v = v / v.norm().clamp_min(torch.finfo(v.dtype).tiny)
-                u = self.adjoint(self.forward(v))
+                u = self.synthesize_adjoint(self.synthesize(v))
                 est = float((v * u).sum())
                 v = u
-            self._norm_sq, self.sqrt_w = 1.02 * est, sqrt_w
+            self._norm_sq = 1.02 * est
         return self._norm_sq
+
+
+def _upsample_from(x: torch.Tensor, sizes: list[tuple[int, int]], j: int) -> torch.Tensor:
+    """``U^j x``: an image of scale ``j`` up to scale 0 (``sizes[i]`` the image size at scale ``i``)."""
+    for i in range(j, 0, -1):
+        x = upsample(x, sizes[i - 1])
+    return x

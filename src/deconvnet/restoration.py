@@ -334,12 +334,14 @@ def debias(op, y: torch.Tensor, z: torch.Tensor, n_iter: int) -> torch.Tensor:
     return u
 
 
-def _maps(net, Y: torch.Tensor, top: int, lam1: float, settings: RestoreSettings, M=None) -> list[torch.Tensor]:
+def _maps(net, Y: torch.Tensor, top: int, lam1: float, settings: RestoreSettings, M=None,
+          multiscale: MultiScaleOperator | None = None) -> list[torch.Tensor]:
     """Maps of layers ``1..top`` for inputs ``Y`` ``(1, C, H, W)`` (weight ``M`` on layer 1's
     data term): layer by layer as in training (the paper), layer 1 with ``lam1``, layers above
     with their own ``lam`` times ``upper_lam_scale``; with ``settings.inference == "pixel"``,
     each layer above 1 is then refitted to the pixels through the layers below
-    (:class:`PixelOperator`) with the weight ``lam1 * pixel_lam_scale ** (l - 1)``."""
+    (:class:`PixelOperator`) with the weight ``lam1 * pixel_lam_scale ** (l - 1)``.
+    ``multiscale``: layer 1 is coded at its scales (then ``top`` is 1)."""
     out, inp = [], Y
     for i in range(top):
         lay = net.layers_[i]
@@ -347,8 +349,8 @@ def _maps(net, Y: torch.Tensor, top: int, lam1: float, settings: RestoreSettings
         if i == 0:
             op = PixelOperator(net, 1, shape, M)
             target = inp if M is None else inp * op.sqrt_w
-            if settings.scales > 1:
-                op = MultiScaleOperator(op.ops[0], settings.scales, op.sqrt_w)
+            if multiscale is not None:  # layer 1's filters at several scales (settings.scales)
+                op = multiscale.weighted(op.sqrt_w)
             z = _fista(op, target, lam1, lay.spec_.config.p, settings)
             if settings.debias and (settings.inference == "layerwise" or top == 1):
                 z = debias(op, target, z, settings.debias)
@@ -387,14 +389,14 @@ def _restore_one(net, x: np.ndarray, layers: list[int], sigma: float | None, m: 
     M = None if m is None else torch.as_tensor(m, dtype=net.dtype, device=net.device)[None]
     s_eff = sigma if sigma else (settings.inpaint_sigma if m is not None else None)
     lam1 = noise_lam(noise_std_in(net, norm, s_eff), settings.lam_factor) if s_eff else net.layers_[0].lam_
-    Z = _maps(net, Y, max(layers), lam1, settings, M)
+    ms = None  # several scales: layer 1 alone (restore checks)
+    if settings.scales > 1:
+        ms = MultiScaleOperator(net.layers_[0].spec_.operator(net.layers_[0].filters_), settings.scales)
+    Z = _maps(net, Y, max(layers), lam1, settings, M, ms)
     out = {}
     for L in layers:
-        if settings.scales > 1:  # layer 1 alone (restore checks)
-            xr = MultiScaleOperator(net.layers_[0].spec_.operator(net.layers_[0].filters_), settings.scales)
-            xr = undo(norm, xr.forward(Z[0])[0], (a, b))
-        else:
-            xr = undo(norm, net.synthesize_down(Z[L - 1], L)[0], (a, b))
+        xr = net.synthesize_down(Z[L - 1], L) if ms is None else ms.synthesize(Z[0])
+        xr = undo(norm, xr[0], (a, b))
         out[L] = xr if m is None or sigma else m * x + (1 - m) * xr  # noise-free known pixels are kept
     return out
 
