@@ -140,6 +140,31 @@ def dense_matrix(apply, in_shape) -> np.ndarray:
     return out.reshape(n, -1).T  # (n_out, n_in)
 
 
+def tap_columns(z, K, C, s, boundary, g) -> list[np.ndarray]:
+    """The filter problem's matrices ``A_c`` ``(B*H*W, K*s*s)``, one per channel: column
+    ``(k, t)`` is the scipy synthesis of the unit filter tap ``t`` of plane ``(k, c)`` with the
+    maps ``z`` (zero where ``g`` is zero)."""
+    out = []
+    for c in range(C):
+        cols = []
+        for k in range(K):
+            for t in range(s * s):
+                e = np.zeros((K, C, s, s))
+                if g is None or g[k, c]:
+                    e[k, c].flat[t] = 1.0
+                cols.append(ref_synthesize(z, e, None, boundary)[:, c].ravel())
+        out.append(np.stack(cols, 1))
+    return out
+
+
+def filter_matrix(z, f_shape, boundary) -> np.ndarray:
+    """The dense matrix of ``f -> synthesis of the maps z with the filters f`` (every channel):
+    column ``i`` is the scipy synthesis of the ``i``-th unit filter tap of shape ``f_shape``."""
+    n = int(np.prod(f_shape))
+    return np.stack([ref_synthesize(z, np.eye(n)[i].reshape(f_shape), None, boundary).ravel()
+                     for i in range(n)], 1)
+
+
 def ref_synthesis_matrix(f, g, Hz, Wz, boundary="valid") -> np.ndarray:
     """Dense matrix A with A @ z.ravel() == ref_synthesize(z).ravel() (B=1)."""
     K = to_np(f).shape[0]

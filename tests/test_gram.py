@@ -8,25 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import random_connectivity, ref_synthesize
+from conftest import random_connectivity, tap_columns
 
 from deconvnet.gram import channel_grams, dense_gram, map_gram, map_pairs
-
-
-def _columns(z, K, C, s, boundary, g):
-    """``A_c`` as a dense ``(B*H*W, K*s*s)`` matrix per channel: column ``(k, t)`` is the
-    synthesis of the unit filter tap ``t`` of plane ``(k, c)`` (zero where ``g`` is zero)."""
-    out = []
-    for c in range(C):
-        cs = []
-        for k in range(K):
-            for t in range(s * s):
-                e = np.zeros((K, C, s, s))
-                if g is None or g[k, c]:
-                    e[k, c].flat[t] = 1.0
-                cs.append(ref_synthesize(z, e, None, boundary)[:, c].ravel())
-        out.append(np.stack(cs, 1))
-    return out
 
 
 def _maps(seed, B, K, Hz, Wz, density):
@@ -60,7 +44,7 @@ def test_channel_grams_are_the_dense_normal_matrices(case, how, monkeypatch):
 
     monkeypatch.setattr(gram_mod, "SPARSE_GRAM_FRACTION", 2.0 if how == "pairs" else -1.0)
     got = channel_grams(torch.as_tensor(z), mask, s, boundary)
-    for c, Ac in enumerate(_columns(z, K, C, s, boundary, g)):
+    for c, Ac in enumerate(tap_columns(z, K, C, s, boundary, g)):
         ks = [k for k in range(K) if g is None or g[k, c]]
         sel = [k * s * s + t for k in ks for t in range(s * s)]
         want = Ac[:, sel].T @ Ac[:, sel]

@@ -16,8 +16,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import (lasso_reference, map_shape, random_connectivity, ref_synthesis_matrix, ref_synthesize, to_np,
-                      to_t, unit_norm_filters)
+from conftest import (filter_matrix, lasso_reference, map_shape, random_connectivity, ref_synthesis_matrix,
+                      ref_synthesize, tap_columns, to_np, to_t, unit_norm_filters)
 from scipy.optimize import minimize
 from scipy.signal import convolve2d, correlate2d
 
@@ -259,22 +259,6 @@ def test_lam_for_density_on_incomplete_images_reaches_its_target():
 
 
 # ------------------------------------------------------------- filter problem
-def _tap_columns(z, K, C, s, boundary, g):
-    """``A_c`` ``(B*H*W, K*s*s)`` per channel: column ``(k, t)`` the scipy synthesis of tap ``t``
-    of plane ``(k, c)`` (zero where ``g`` is zero)."""
-    out = []
-    for c in range(C):
-        cols = []
-        for k in range(K):
-            for t in range(s * s):
-                e = np.zeros((K, C, s, s))
-                if g is None or g[k, c]:
-                    e[k, c].flat[t] = 1.0
-                cols.append(ref_synthesize(z, e, None, boundary)[:, c].ravel())
-        out.append(np.stack(cols, 1))
-    return out
-
-
 GRAM_CASES = [  # boundary, B, K, C, s, H, W, map density, connectivity
     ("valid", 2, 3, 2, 3, 12, 11, 0.2, None),
     ("valid", 3, 4, 3, 4, 9, 15, 0.1, "random"),
@@ -304,7 +288,7 @@ def test_weighted_grams_are_the_dense_AtWA(case, how, weights, monkeypatch):
     monkeypatch.setattr(gram_mod, "SPARSE_GRAM_FRACTION", 2.0 if how == "sparse" else -1.0)
     got = channel_grams(torch.as_tensor(z), conn_t, s, boundary, weight=torch.as_tensor(w))
     wb = np.broadcast_to(w, (B, C, H, W))
-    for c, Ac in enumerate(_tap_columns(z, K, C, s, boundary, g)):
+    for c, Ac in enumerate(tap_columns(z, K, C, s, boundary, g)):
         sel = [k * s * s + t for k in range(K) if g is None or g[k, c] for t in range(s * s)]
         A = Ac[:, sel]
         np.testing.assert_allclose(got[c].numpy(), A.T @ (wb[:, c].ravel()[:, None] * A), atol=1e-10, rtol=0)
@@ -340,7 +324,7 @@ def test_weighted_normal_equations_are_the_dense_weighted_least_squares_problem(
     w = rng.random((B, C, H, W)) * (rng.random((B, C, H, W)) > 0.3)
     op = dn.ConvOperator(to_t(f), None if g is None else to_t(g), boundary)
     eq = normal_equations(to_t(y), to_t(z), op, mask=to_t(w))
-    for c, Ac in enumerate(_tap_columns(z, K, C, s, boundary, g)):
+    for c, Ac in enumerate(tap_columns(z, K, C, s, boundary, g)):
         sel = [k * s * s + t for k in range(K) if g is None or g[k, c] for t in range(s * s)]
         A, wc = Ac[:, sel], w[:, c].ravel()
         np.testing.assert_allclose(eq.gram[c].numpy(), A.T @ (wc[:, None] * A), atol=1e-10)
@@ -393,13 +377,7 @@ def test_masked_cg_solves_the_dense_weighted_normal_equations(boundary):
     y = y + 0.3 * rng.standard_normal(y.shape)
     w = rng.random(y.shape) * (rng.random(y.shape) > 0.2)
     out = dn.update_filters(to_t(y), to_t(z), to_t(f), boundary=boundary, method="cg", n_iter=60, mask=to_t(w))
-    K, C, s, _ = f.shape
-    cols = []
-    for i in range(K * C * s * s):
-        e = np.zeros(K * C * s * s)
-        e[i] = 1.0
-        cols.append(ref_synthesize(z, e.reshape(f.shape), None, boundary).ravel())
-    A = np.stack(cols, 1)
+    A = filter_matrix(z, f.shape, boundary)
     sol = np.linalg.solve(A.T @ (w.ravel()[:, None] * A), A.T @ (w.ravel() * y.ravel())).reshape(f.shape)
     sol /= np.sqrt((sol ** 2).sum(axis=(2, 3), keepdims=True))
     np.testing.assert_allclose(to_np(out), sol, atol=1e-6)
