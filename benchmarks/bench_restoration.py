@@ -6,7 +6,7 @@ scikit-image's denoisers, its biharmonic inpainting and BM3D.
 
 ``--paper``: a 2-layer network (e.g. preset ``calibrated``) whose layer-1 and layer-2
 reconstructions are scored (the paper's experiment, Zeiler et al. 2010; paper-notes 5.3);
-``--denoise``: the denoising model (preset ``denoise``), restored with its recipe
+``--denoise``: the denoising model (preset ``denoise``, then ``deconvnet tune``), restored with its recipe
 (:data:`deconvnet.restoration.DENOISE_RECIPE`). Test photos: scikit-image's ``camera``,
 ``astronaut``, ``coffee``, ``chelsea``, ``coins`` and ``rocket`` (grey, centre ``side x side``
 crops; none is in BSDS500, which the models train on), and the image files of ``--images``.
@@ -114,7 +114,7 @@ def bm3d_or_none():
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--paper", required=True, metavar="RUN_DIR", help="a 2-layer network (layer 1 and 2 rows)")
-    ap.add_argument("--denoise", required=True, metavar="RUN_DIR", help="the denoising model (preset denoise)")
+    ap.add_argument("--denoise", required=True, metavar="RUN_DIR", help="the denoising model (preset denoise, tuned)")
     ap.add_argument("--images", default=None, metavar="DIR", help="more test images (grey, centre crops)")
     ap.add_argument("--side", type=int, default=256, help="crop side (default 256)")
     ap.add_argument("--sigmas", default="15,25,50", help="noise levels, 0-255 scale (default 15,25,50)")
@@ -134,7 +134,9 @@ def main() -> int:
     images = test_images(args.side, args.images)
     sigmas = [float(s) for s in args.sigmas.split(",")]
     bm3d = bm3d_or_none()
-    print(f"# paper network: {args.paper} ({paper!r}); denoising model: {args.denoise} ({model!r}), recipe {recipe}")
+    tuned = f", tuned for {model.tuning_['steps']} steps" if getattr(model, "tuning_", None) else ", not tuned"
+    print(f"# paper network: {args.paper} ({paper!r}); denoising model: {args.denoise} ({model!r}{tuned}), "
+          f"recipe {recipe}")
     print(f"# {len(images)} grey test images: " + ", ".join(f"{k} {v.shape[0]}x{v.shape[1]}" for k, v in images.items()))
     if bm3d is None:
         print("# BM3D: the bm3d package is not installed (pip install deconvnet[restore]); its rows are left out")

@@ -2,7 +2,7 @@
 of each variant, mean over scikit-image's ``camera``, ``astronaut``, ``coffee`` and ``coins``
 (grey 256x256 centre crops, not in BSDS500), noise seeded per image.
 
-    python benchmarks/bench_restoration_choices.py --paper RUN_DIR --denoise RUN_DIR --threads 2
+    python benchmarks/bench_restoration_choices.py --paper RUN_DIR --denoise RUN_DIR --tuned RUN_DIR --threads 2
 
 Rows: the noise-aware factor ``c`` of ``lam = c / sigma_y`` at sigma 15 / 25 / 50 (one copy);
 two scales (:mod:`deconvnet.multiscale`) at the same sigmas; ``two_pass``, 8 flipped copies and
@@ -10,7 +10,8 @@ two scales (:mod:`deconvnet.multiscale`) at the same sigmas; ``two_pass``, 8 fli
 [-1, 1]) with the noise-aware ``lam`` (pixel refit, the default, and layer by layer) and with the
 paper's protocol (each layer's own ``lam``, layer by layer: ``deconvnet denoise --paper``);
 inpainting with 50% missing against ``inpaint_biharmonic`` for several ``inpaint_sigma`` and
-two scales.
+two scales. ``--tuned``: the same rows of two scales for the denoising model after ``deconvnet
+tune`` (:mod:`deconvnet.tuning`), beside the model it was tuned from (``--denoise``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def mean_psnr(net, images, sigma255, layers=(1,), own_lam=False, **settings) -> 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--paper", required=True, metavar="RUN_DIR", help="a 2-layer network")
-    ap.add_argument("--denoise", required=True, metavar="RUN_DIR", help="the denoising model")
+    ap.add_argument("--denoise", required=True, metavar="RUN_DIR", help="the denoising model, as trained")
+    ap.add_argument("--tuned", metavar="RUN_DIR", help="the same model after deconvnet tune")
     args = parse(ap, device=True, json=False)
     print(f"# {environment(args.device)}")
     model = dn.DeconvNet.load(args.denoise, device=args.device)
@@ -68,10 +70,16 @@ def main() -> int:
     print("two scales (deconvnet.multiscale), one copy, c = 0.35: PSNR at sigma 15 / 25 / 50")
     row = [mean_psnr(model, images, s, scales=2)[1] for s in (15, 25, 50)]
     print("  scales = 2 " + "".join(f"{v:8.2f}" for v in row), flush=True)
+    tuned = None if args.tuned is None else dn.DeconvNet.load(args.tuned, device=args.device)
+    if tuned is not None:
+        row = [mean_psnr(tuned, images, s, scales=2)[1] for s in (15, 25, 50)]
+        print("  tuned, 2   " + "".join(f"{v:8.2f}" for v in row), flush=True)
     print("sigma 25, c = 0.35:")
     for name, kw in (("one copy", {}), ("two_pass", {"two_pass": True}), ("8 copies", {"copies": 8}),
                      ("8 copies, 2 scales", {"copies": 8, "scales": 2})):
         print(f"  {name:<20}{mean_psnr(model, images, 25, **kw)[1]:8.2f}", flush=True)
+    if tuned is not None:
+        print(f"  {'8 copies, 2, tuned':<20}{mean_psnr(tuned, images, 25, copies=8, scales=2)[1]:8.2f}", flush=True)
     print("paper network, sigma 32: noisy input / layer 1 / layer 2")
     noisy = np.mean([peak_signal_noise_ratio(x, np.clip(x + np.random.default_rng(i).standard_normal(x.shape) * 32 / 255,
                                                         0, 1), data_range=1.0) for i, x in enumerate(images)])
@@ -91,6 +99,10 @@ def main() -> int:
     v = np.mean([peak_signal_noise_ratio(x, restore(model, [x * m], masks=[m], settings=RestoreSettings(
         scales=2))[0][1][0], data_range=1.0) for x, m in zip(images, masks)])
     print(f"  inpaint_sigma 0.001, 2 scales{v:8.2f}", flush=True)
+    if tuned is not None:
+        v = np.mean([peak_signal_noise_ratio(x, restore(tuned, [x * m], masks=[m], settings=RestoreSettings(
+            scales=2))[0][1][0], data_range=1.0) for x, m in zip(images, masks)])
+        print(f"  the same, tuned model   {v:8.2f}", flush=True)
     return 0
 
 

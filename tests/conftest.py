@@ -231,10 +231,11 @@ def ref_continuation_p1(A: np.ndarray, yvec: np.ndarray, lam: float, beta0: floa
     return soft(z, beta)
 
 
-def rewrite_model_consistently(run, edit_doc=None, edit_tensors=None, format_version: str = "1"):
+def rewrite_model_consistently(run, edit_doc=None, edit_tensors=None, format_version: str | None = None):
     """Edit a saved model (``run/model.*``) and recompute both cross-hashes as the documented
     format says (sorted keys, no ``weights_sha256`` in the JSON hash), so that only the
-    loader's content checks can object. NaN is written as JSON's non-standard ``NaN``."""
+    loader's content checks can object. NaN is written as JSON's non-standard ``NaN``.
+    ``format_version``: the weights' metadata (default: the JSON's own, as saved)."""
     import hashlib
     import json
 
@@ -248,6 +249,8 @@ def rewrite_model_consistently(run, edit_doc=None, edit_tensors=None, format_ver
     if edit_tensors:
         edit_tensors(tensors)
     doc.pop("weights_sha256", None)
+    if format_version is None:
+        format_version = str(doc.get("format_version"))
     canon = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     blob = st_save(tensors, metadata={"format": "deconvnet-model", "format_version": format_version,
                                       "json_sha256": hashlib.sha256(canon).hexdigest()})

@@ -448,7 +448,7 @@ MODEL_DAMAGE = {
     "history-text": (lambda run: rewrite_model(run, lambda d: d["layers"][0]["history"][0].update(objective="x")),
                      "history"),
     "newer-version": (lambda run: (run / "model.json").write_text(
-        (run / "model.json").read_text().replace('"format_version": 1', '"format_version": 2')), "newer"),
+        (run / "model.json").read_text().replace('"format_version": 1', '"format_version": 99')), "newer"),
     "truncated-weights": (lambda run: (run / "model.safetensors").write_bytes(
         (run / "model.safetensors").read_bytes()[:100]), "truncated"),
     "weights-without-description": (lambda run: (run / "model.json").unlink(), "incomplete save"),

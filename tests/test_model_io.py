@@ -83,7 +83,7 @@ def vouch_for_weights(run):
 
 
 def rewrite_consistently(run, edit_doc=None, edit_tensors=None):
-    rewrite_model_consistently(run, edit_doc, edit_tensors, str(FORMAT_VERSION))
+    rewrite_model_consistently(run, edit_doc, edit_tensors)
 
 
 # ------------------------------------------------------------------ round trip
@@ -423,7 +423,8 @@ def write_consistent(folder, doc, tensors, metadata=None):
     weights_sha256 in the JSON hash), so that the content reaches the parsers."""
     body = {k: v for k, v in doc.items() if k != "weights_sha256"} if isinstance(doc, dict) else doc
     canon = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    meta = {"format": "deconvnet-model", "format_version": str(FORMAT_VERSION),
+    version = doc.get("format_version", FORMAT_VERSION) if isinstance(doc, dict) else FORMAT_VERSION
+    meta = {"format": "deconvnet-model", "format_version": str(version),
             "json_sha256": hashlib.sha256(canon).hexdigest()}
     blob = st_save(tensors, metadata=dict(meta, **(metadata or {})))
     (folder / "model.safetensors").write_bytes(blob)

@@ -528,6 +528,68 @@ def cmd_denoise(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    """Tune a model's layer 1 for denoising on clean photos (:mod:`deconvnet.tuning`); resumes
+    a tuning that ``--out`` already holds."""
+    import dataclasses  # noqa: PLC0415
+
+    from .images import read_folder  # noqa: PLC0415
+    from .tuning import TuneSettings, tune_for_denoising  # noqa: PLC0415
+
+    sigmas = tuple(_sigma_arg(t.strip(), "--sigmas") for t in str(args.sigmas).split(","))
+    if any(s_ <= 0 for s_ in sigmas):
+        raise UserError(f"--sigmas {args.sigmas}: noise levels > 0 on the 0-255 scale, comma-separated (e.g. 15,25,50)")
+    try:
+        st = TuneSettings(steps=args.steps, patch=args.patch, batch=args.batch, sigmas=tuple(s_ / 255 for s_ in sigmas),
+                          scales=args.scales, lr=args.lr, seed=args.seed)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if args.save_every < 1:
+        raise UserError(f"--save-every {args.save_every}: give a number of steps >= 1")
+    folder = Path(args.images)
+    if not folder.is_dir():
+        raise UserError(f"{args.images}: no such folder of clean photos")
+    out = _out_dir(args.out)
+    described = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(st).items() if k != "steps"}
+    done = 0
+    if (out / "model.json").exists():  # resume the tuning this folder holds
+        net = _load(out, _device(args.device))
+        tuning = net.tuning_ or {}
+        if tuning.get("settings") != described:
+            raise UserError(f"--out {out}: holds a model not tuned with these settings; choose another --out")
+        done = int(tuning.get("steps", 0))
+    else:
+        net = _load(args.model, _device(args.device))
+    if done >= st.steps:
+        print(f"{out}: already tuned for {done} steps (--steps {st.steps}); nothing to do")
+        return 0
+    say = _quiet if args.quiet else print
+    data = read_folder(folder, net.config.color, None, min_side=st.patch)
+    if not len(data):
+        raise UserError(f"{folder}: no image of at least {st.patch}x{st.patch} pixels")
+    history = list((net.tuning_ or {}).get("history", [])) if done else []
+
+    def save(step: int) -> None:
+        net.tuning_ = {"settings": described, "steps": step, "history": history,
+                       "images": str(folder.resolve()), "from_model": str(Path(args.model).resolve())}
+        net.save(out)
+
+    def on_record(rec) -> None:
+        history.append(dataclasses.asdict(rec))
+        say(f"step {rec.step}/{st.steps}: restored PSNR {rec.psnr_db:.2f} dB (noise "
+            f"{'/'.join(f'{s_ * 255:g}' for s_ in st.sigmas)}), exponent {rec.lam_exponent:.3f}, "
+            f"{rec.seconds_per_step:.2f} s/step")
+        if rec.step % args.save_every == 0 or rec.step == st.steps:
+            save(rec.step)
+
+    say(f"tuning layer 1 of {args.model} for denoising on {len(data)} image(s) from {folder}"
+        + (f", from step {done}" if done else ""))
+    t0 = time.perf_counter()
+    tune_for_denoising(net, data, replace(st, steps=st.steps - done), start_step=done, on_record=on_record)
+    print(f"tuned {st.steps - done} steps in {time.perf_counter() - t0:.0f} s; model in {out / 'model.safetensors'}")
+    return 0
+
+
 def _hwc(x: np.ndarray) -> np.ndarray:
     """``(C, H, W)`` -> ``(H, W)`` (grey) or ``(H, W, C)``."""
     return x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, 2)
@@ -780,6 +842,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE", help="the restored image (.png, .tif or .bmp)")
     restoring(p)
     p.set_defaults(func=cmd_inpaint)
+
+    p = sub.add_parser("tune", help="tune a trained layer 1 for denoising on clean photos (noise is added)")
+    p.add_argument("model", metavar="MODEL", help="a trained model (e.g. of --preset denoise)")
+    p.add_argument("images", metavar="IMAGES_DIR", help="clean photos (not the ones you will score on)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="the tuned model (saved every --save-every steps; run again to resume)")
+    p.add_argument("--steps", type=int, default=600, help="Adam steps (default 600)")
+    p.add_argument("--sigmas", default="15,25,50", metavar="S,S,...",
+                   help="noise levels on the 0-255 scale, one per batch in turn (default 15,25,50)")
+    p.add_argument("--scales", type=int, default=2, help="scales coded jointly, as denoise --scales (default 2)")
+    p.add_argument("--patch", type=int, default=48, help="side of the training patches (default 48)")
+    p.add_argument("--batch", type=int, default=8, help="patches per step (default 8)")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam's step size (default 0.003)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patches and the noise (default 0)")
+    p.add_argument("--save-every", type=int, default=50, metavar="N", help="steps between saves (default 50)")
+    p.add_argument("--quiet", action="store_true")
+    device(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html")
     p.add_argument("run_dir", metavar="RUN_DIR")

@@ -8,6 +8,9 @@ run folder):
     uint8, for ``l = 1..L``. Its header metadata holds ``format`` (``deconvnet-model``),
     ``format_version`` and ``json_sha256``, the SHA-256 of the canonical form of the JSON
     document (sorted keys, no ``weights_sha256``).
+    A model tuned for denoising (:mod:`deconvnet.tuning`) also holds ``restoration.gains``
+    ``(J, K_1)``, one gain per scale and layer-1 map, and is written as format 2 (so that a
+    deconvnet that would ignore the gains refuses it); other models are format 1.
 ``NAME.json``
     ``format``, ``format_version``, ``config`` (:class:`~deconvnet.config.NetConfig` as a
     dict: preprocessing, layers, seed...), ``input_affine``, per layer ``chain_affine``,
@@ -45,7 +48,7 @@ from .train import EpochRecord, LayerFit
 __all__ = ["ModelFileError", "SavedModel", "save_model", "load_model", "model_paths", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "deconvnet-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class ModelFileError(ValueError):
@@ -110,16 +113,25 @@ def save_model(net, path) -> Path:
             "map_activity": ([float(v) for v in layer.map_activity_] if getattr(layer, "map_activity_", None)
                              is not None else None),
         })
+    gains = getattr(net, "restoration_gains_", None)
+    if gains is not None:
+        gains = gains.detach().to("cpu", net.layers_[0].filters_.dtype).contiguous()
+        if not bool(torch.isfinite(gains).all()) or not bool((gains > 0).all()):
+            raise ValueError("the restoration gains are not all finite and > 0; the model is not saved")
+        tensors["restoration.gains"] = gains
     doc = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 2 if gains is not None else 1,
         "config": net.config.to_dict(),
         "input_affine": [_finite(v) for v in net.input_affine_],
         "layers": layers,
+        **({"tuning": dict(getattr(net, "tuning_", None) or {},
+                           lam_exponent=_finite(getattr(net, "restoration_lam_exponent_", 0.0)))}
+           if gains is not None else {}),
         "versions": software_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+    meta = {"format": FORMAT, "format_version": str(doc["format_version"]),
             "json_sha256": hashlib.sha256(_canonical(doc)).hexdigest()}
     blob = save(tensors, metadata=meta)
     doc["weights_sha256"] = hashlib.sha256(blob).hexdigest()
@@ -160,6 +172,8 @@ class SavedModel:
     input_affine: tuple[float, float]
     chain_affines: list[tuple[float, float]]
     connectivity_seeds: list[int]
+    restoration_gains: torch.Tensor | None = None
+    tuning: dict | None = None
 
 
 def load_model(path) -> SavedModel:
@@ -296,4 +310,19 @@ def _restore(cfg: NetConfig, doc: dict, tensors: dict) -> SavedModel:
         C = lc.n_maps
     if len(chains) != n_layers - 1:
         raise ValueError("chain_affine must be given for every layer but the last")
-    return SavedModel(cfg, tables, fits, input_affine, chains, seeds)
+    gains = tensors.get("restoration.gains")
+    if gains is not None:
+        K = cfg.layers[0].n_maps
+        if gains.ndim != 2 or not 1 <= gains.shape[0] <= 4 or gains.shape[1] != K or gains.dtype != dtype:
+            raise ValueError(f"restoration.gains must be (1..4, {K}) {dtype}, got {tuple(gains.shape)} "
+                             f"{gains.dtype}")
+        if not bool(torch.isfinite(gains).all()) or not bool((gains > 0).all()):
+            raise ValueError("restoration.gains must be finite and > 0")
+        tuning = doc.get("tuning")
+        if not isinstance(tuning, dict):
+            raise ValueError("a model with restoration.gains must describe its tuning (an object)")
+        exponent = tuning.get("lam_exponent", 0.0)
+        if not (_is_finite(exponent) and abs(exponent) <= 3):
+            raise ValueError(f"tuning.lam_exponent={exponent!r} is not a number from -3 to 3")
+    return SavedModel(cfg, tables, fits, input_affine, chains, seeds, gains,
+                      doc.get("tuning") if gains is not None else None)

@@ -18,7 +18,9 @@ separable bilinear kernel :math:`u = (1, 3, 3, 1) / 4`, :math:`(U v)_{2i + a - 1
 v_i\, u_a`, cropped to :math:`H_{j-1}`; :math:`U^T` is the convolution with stride 2 by the same
 kernel. ``w_j`` (``(K,)``, one per map) makes every atom :math:`U^j D e_k` unit-norm as the
 filters are, so that one ``lam`` (the noise-aware one of :mod:`deconvnet.restoration`) thresholds
-every scale alike; ``w_0 = 1``.
+every scale alike; ``w_0 = 1``. ``gains`` ``(J, K)`` (optional, from
+:mod:`deconvnet.tuning`) multiply these weights: atom ``k`` of scale ``j`` then has norm
+``gains[j, k]``, which is the same as a per-map l1 weight ``1 / gains[j, k]`` on unit atoms.
 
 The maps of all scales share one tensor ``(B, J K, H + s - 1, W + s - 1)``: scale ``j`` lives
 in channels ``j K .. (j + 1) K - 1`` and in the top-left corner of its own size. The rest is
@@ -66,15 +68,20 @@ class MultiScaleOperator:
     :func:`deconvnet.solvers.solve`'s FISTA uses of an operator; :meth:`synthesize` is the
     unweighted synthesis (the restored image), :meth:`weighted` the same scales with a weight."""
 
-    def __init__(self, op, scales: int, sqrt_w: torch.Tensor | None = None):
+    def __init__(self, op, scales: int, sqrt_w: torch.Tensor | None = None, gains: torch.Tensor | None = None):
         if isinstance(scales, bool) or not isinstance(scales, int) or scales < 1:
             raise ValueError(f"scales={scales!r} is not allowed: an integer >= 1")
-        self.op, self.J, self.sqrt_w = op, scales, sqrt_w
+        if gains is not None and tuple(gains.shape) != (scales, op.K):
+            raise ValueError(f"gains has shape {tuple(gains.shape)}, expected ({scales}, {op.K}): "
+                             "one per scale and map")
+        self.op, self.J, self.sqrt_w, self.gains = op, scales, sqrt_w, gains
         self.K, self.C, self.s = op.K, op.C, op.s
         self.boundary, self.memory_format = "valid", op.memory_format
         self.dtype, self.device = op.f.dtype, op.f.device
         self.w = [torch.ones(self.K, dtype=self.dtype, device=self.device)] + [
             1.0 / self._atom_norms(j) for j in range(1, scales)]
+        if gains is not None:
+            self.w = [w * gains[j].to(self.dtype) for j, w in enumerate(self.w)]
         self._norm_sq = None
 
     def weighted(self, sqrt_w: torch.Tensor | None) -> "MultiScaleOperator":
@@ -112,7 +119,8 @@ class MultiScaleOperator:
     def synthesize(self, z: torch.Tensor) -> torch.Tensor:
         r""":math:`\sum_j U^j D (w_j \odot z_j)`, without the weight: maps -> ``(B, C, H, W)``."""
         sizes = self._sizes(z.shape[-2] - self.s + 1, z.shape[-1] - self.s + 1)
-        out = self.op.forward(self.scale_maps(z, 0))
+        z0 = self.scale_maps(z, 0)
+        out = self.op.forward(z0 if self.gains is None else z0 * self.w[0][None, :, None, None])
         for j in range(1, self.J):
             out = out + _upsample_from(self.op.forward(self.scale_maps(z, j) * self.w[j][None, :, None, None]),
                                        sizes, j)
@@ -123,6 +131,8 @@ class MultiScaleOperator:
         H, W = r.shape[-2:]
         sizes = self._sizes(H, W)
         parts, x = [self.op.adjoint(r)], r
+        if self.gains is not None:
+            parts[0] = parts[0] * self.w[0][None, :, None, None]
         Hm, Wm = H + self.s - 1, W + self.s - 1
         for j in range(1, self.J):
             x = upsample_adjoint(x, sizes[j])

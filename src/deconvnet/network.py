@@ -144,9 +144,11 @@ class DeconvNet:
         return out
 
     def adopt(self, specs: list[LayerSpec], fits: list[LayerFit], input_affine, chain_affines,
-              connectivity_seeds=None) -> DeconvNet:
+              connectivity_seeds=None, restoration_gains=None, tuning=None) -> DeconvNet:
         """Become the trained network of these layers: the one place where a network gets its
-        learned state, whether :meth:`fit` trained it, resumed it or :meth:`load` read it."""
+        learned state, whether :meth:`fit` trained it, resumed it or :meth:`load` read it.
+        ``restoration_gains`` ``(J, K)`` and ``tuning`` (a dict: settings, steps, history): what
+        :func:`deconvnet.tuning.tune_for_denoising` added, if it ran (else ``None``)."""
         self.input_affine_ = (float(input_affine[0]), float(input_affine[1]))
         specs = [spec.with_lam(fit.lam) for spec, fit in zip(specs, fits)]  # calibrated lam (density)
         self.config = replace(self.config, layers=tuple(spec.config for spec in specs))
@@ -158,6 +160,9 @@ class DeconvNet:
         self.seconds_ = [fit.seconds for fit in fits]
         self.connectivity_seeds_ = (list(connectivity_seeds) if connectivity_seeds is not None
                                     else [spec.seed for spec in specs])
+        self.restoration_gains_ = None if restoration_gains is None else restoration_gains.to(self.device, self.dtype)
+        self.tuning_ = tuning
+        self.restoration_lam_exponent_ = float((tuning or {}).get("lam_exponent", 0.0))
         return self
 
     # --------------------------------------------------------------- inputs
@@ -500,7 +505,8 @@ class DeconvNet:
             specs = net.specs(saved.tables)
         except ValueError as err:  # a table that leaves a map unconnected, ...
             raise ModelFileError(f"{path}: inconsistent model (ValueError: {err})") from None
-        return net.adopt(specs, saved.fits, saved.input_affine, saved.chain_affines, saved.connectivity_seeds)
+        return net.adopt(specs, saved.fits, saved.input_affine, saved.chain_affines, saved.connectivity_seeds,
+                         saved.restoration_gains, saved.tuning)
 
 
 @dataclass(frozen=True)

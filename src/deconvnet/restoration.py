@@ -43,6 +43,13 @@ filters at 2, ..., 2^(J-1) times their size (:mod:`deconvnet.multiscale`): struc
 a filter, and the noise there, is then coded by sparse coarse atoms rather than passed through
 or lost. It restores from layer 1 only.
 
+**Tuned models.** A model tuned by :mod:`deconvnet.tuning` (``deconvnet tune``) holds a gain
+per scale and layer-1 map (``net.restoration_gains_``, the atoms' norms); restoring from layer 1
+with a noise level (denoising, or inpainting's ``inpaint_sigma``) codes with them, at
+``settings.scales`` scales (gains of 1 at scales it was not tuned at), and denoising multiplies
+``lam`` by its tuned :math:`(\sigma / \sigma_0)^{-\gamma}` (:func:`tuned_lam`). The paper's protocol
+(``sigma=None``) and restoration from layers above 1 do not use them.
+
 **The paper's protocol.** ``sigma=None`` and ``RestoreSettings(inference="layerwise")`` infer
 every layer with its own trained ``lam``, layer by layer, as the paper did (``deconvnet denoise
 --paper``); the noise-aware weight is this package's addition.
@@ -68,7 +75,8 @@ from .multiscale import MultiScaleOperator
 from .preprocess import CROP, Normalization, normalize, undo
 
 __all__ = ["RestoreSettings", "LAM_FACTOR", "DENOISE_RECIPE", "recipe_settings", "noise_lam", "noise_std_in",
-           "restore", "denoise", "inpaint", "fill_missing", "check_sigma", "check_masks", "PixelOperator", "DIHEDRAL"]
+           "restore", "denoise", "inpaint", "fill_missing", "check_sigma", "check_masks", "PixelOperator", "DIHEDRAL",
+           "SIGMA_REF", "tuned_lam", "tuned_operator"]
 
 #: ``c`` of the noise-aware weight ``lam = c / sigma_y`` (see the module docstring).
 LAM_FACTOR = 0.35
@@ -195,6 +203,32 @@ def noise_lam(sigma_in: float, factor: float = LAM_FACTOR) -> float:
     if sigma_in <= 0:
         raise ValueError(f"sigma_in={sigma_in!r}: the noise-aware weight needs noise (> 0)")
     return factor / sigma_in
+
+
+# ------------------------------------------------------ a tuned model
+#: the noise level (on the [0, 1] scale) at which the tuned exponent leaves the weight unchanged.
+SIGMA_REF = 25 / 255
+
+
+def tuned_lam(lam: float, sigma: float, exponent: float) -> float:
+    """The noise-aware weight ``lam`` (:func:`deconvnet.restoration.noise_lam`) times
+    ``(sigma / SIGMA_REF) ** -exponent`` (module docstring)."""
+    return lam * (sigma / SIGMA_REF) ** (-exponent)
+
+
+def tuned_operator(net, scales: int, filters: torch.Tensor | None = None, gains: torch.Tensor | None = None,
+                   *, tuned: bool = True):
+    """Layer 1's operator at ``scales`` scales with ``net``'s tuned gains (if it has any and
+    ``tuned``; the scales it has no gains for get 1), or with the given ``filters`` / ``gains``."""
+    lay = net.layers_[0]
+    f = lay.filters_ if filters is None else filters
+    op = lay.spec_.operator(f)
+    if gains is None and tuned and getattr(net, "restoration_gains_", None) is not None:
+        stored = net.restoration_gains_.to(f.device, f.dtype)
+        gains = torch.ones(scales, op.K, dtype=f.dtype, device=f.device)
+        n = min(scales, stored.shape[0])
+        gains[:n] = stored[:n]
+    return MultiScaleOperator(op, scales, gains=gains)
 
 
 # ------------------------------------------------------------------ core
@@ -389,9 +423,12 @@ def _restore_one(net, x: np.ndarray, layers: list[int], sigma: float | None, m: 
     M = None if m is None else torch.as_tensor(m, dtype=net.dtype, device=net.device)[None]
     s_eff = sigma if sigma else (settings.inpaint_sigma if m is not None else None)
     lam1 = noise_lam(noise_std_in(net, norm, s_eff), settings.lam_factor) if s_eff else net.layers_[0].lam_
-    ms = None  # several scales: layer 1 alone (restore checks)
-    if settings.scales > 1:
-        ms = MultiScaleOperator(net.layers_[0].spec_.operator(net.layers_[0].filters_), settings.scales)
+    ms = None  # several scales, or the tuned gains: layer 1 alone (restore checks the scales)
+    tuned = getattr(net, "restoration_gains_", None) is not None and s_eff is not None and layers == [1]
+    if tuned and sigma:  # the tuned exponent of the noise level (not for inpaint_sigma, no noise)
+        lam1 = tuned_lam(lam1, sigma, net.restoration_lam_exponent_)
+    if settings.scales > 1 or tuned:  # the tuned gains go with the noise-aware weight they were tuned for
+        ms = tuned_operator(net, settings.scales, tuned=tuned)
     Z = _maps(net, Y, max(layers), lam1, settings, M, ms)
     out = {}
     for L in layers:
