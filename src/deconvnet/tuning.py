@@ -75,7 +75,7 @@ class TuneSettings:
     ``seed``: patches, noise and their order.
     """
 
-    steps: int = 600
+    steps: int = 2400
     patch: int = 48
     batch: int = 8
     sigmas: tuple = (15 / 255, 25 / 255, 50 / 255)
