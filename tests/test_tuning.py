@@ -313,3 +313,6 @@ def test_tune_command_saves_and_resumes(net1, tmp_path, capsys):
     assert "nothing to do" in capsys.readouterr().out
     assert main([*args, "--steps", "3", "--lr", "0.01"]) == 2
     assert "not tuned with these settings" in capsys.readouterr().err
+    model_dir = _save(net1).parent
+    assert main(["tune", str(model_dir), str(folder), "--out", str(model_dir), "--steps", "1"]) == 2
+    assert "holds a model that was not tuned" in capsys.readouterr().err

@@ -555,6 +555,9 @@ def cmd_tune(args) -> int:
     if (out / "model.json").exists():  # resume the tuning this folder holds
         net = _load(out, _device(args.device))
         tuning = net.tuning_ or {}
+        if not tuning:
+            raise UserError(f"--out {out}: holds a model that was not tuned (MODEL itself?); the tuned model needs "
+                            "a folder of its own")
         if tuning.get("settings") != described:
             raise UserError(f"--out {out}: holds a model not tuned with these settings; choose another --out")
         done = int(tuning.get("steps", 0))
