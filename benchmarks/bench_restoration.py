@@ -134,7 +134,7 @@ def main() -> int:
     images = test_images(args.side, args.images)
     sigmas = [float(s) for s in args.sigmas.split(",")]
     bm3d = bm3d_or_none()
-    tuned = f", tuned for {model.tuning_['steps']} steps" if getattr(model, "tuning_", None) else ", not tuned"
+    tuned = f", tuned for {model.tuning_['steps']} steps" if model.tuning_ else ", not tuned"
     print(f"# paper network: {args.paper} ({paper!r}); denoising model: {args.denoise} ({model!r}{tuned}), "
           f"recipe {recipe}")
     print(f"# {len(images)} grey test images: " + ", ".join(f"{k} {v.shape[0]}x{v.shape[1]}" for k, v in images.items()))

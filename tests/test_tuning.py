@@ -24,9 +24,8 @@ from deconvnet.multiscale import MultiScaleOperator
 from deconvnet.ops import ConvOperator
 from deconvnet.restoration import RestoreSettings, restore
 from deconvnet.solvers import FistaOptions, solve
-from deconvnet.restoration import SIGMA_REF
-from deconvnet.tuning import (TuneSettings, implicit_gradient, lam_derivative, support_solve,
-                               tune_for_denoising)
+from deconvnet.restoration import SIGMA_REF, support_solve
+from deconvnet.tuning import TuneSettings, implicit_gradient, lam_derivative, tune_for_denoising
 
 
 def _unit(v):
@@ -150,28 +149,22 @@ def net1():
     return dn.DeconvNet(cfg).fit(_photos(32))
 
 
-def _tuned(net1, steps=3, scales=2):
-    net = dn.DeconvNet.load(_save(net1))
+@pytest.fixture(scope="module")
+def path1(net1, tmp_path_factory):
+    """net1's model files (each test loads its own copy)."""
+    return net1.save(tmp_path_factory.mktemp("net1") / "m")
+
+
+def _tuned(path1, steps=3, scales=2):
+    net = dn.DeconvNet.load(path1)
     st = TuneSettings(steps=steps, patch=16, batch=2, scales=scales, max_iter=30, cg_iter=10)
     records = tune_for_denoising(net, _photos(), st, record_every=1)
     return net, records
 
 
-_saved = {}
-
-
-def _save(net, tmp=None):
-    import tempfile  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
-    if id(net) not in _saved:
-        _saved[id(net)] = net.save(Path(tempfile.mkdtemp()) / "m")
-    return _saved[id(net)]
-
-
-def test_tuning_keeps_unit_filters_and_positive_gains_and_is_reproducible(net1):
-    a, rec = _tuned(net1)
-    b, _ = _tuned(net1)
+def test_tuning_keeps_unit_filters_and_positive_gains_and_is_reproducible(net1, path1):
+    a, rec = _tuned(path1)
+    b, _ = _tuned(path1)
     assert [r.step for r in rec] == [1, 2, 3] and all(np.isfinite(r.psnr_db) for r in rec)
     f = a.layers_[0].filters_
     torch.testing.assert_close(f.flatten(1).norm(dim=1), torch.ones(4, dtype=f.dtype))
@@ -182,10 +175,10 @@ def test_tuning_keeps_unit_filters_and_positive_gains_and_is_reproducible(net1):
     torch.testing.assert_close(a.restoration_gains_, b.restoration_gains_, rtol=0, atol=0)
 
 
-def test_tuned_model_round_trips_and_old_models_stay_format_1(net1, tmp_path):
-    plain = json.loads(_save(net1).with_suffix(".json").read_text())
+def test_tuned_model_round_trips_and_old_models_stay_format_1(path1, tmp_path):
+    plain = json.loads(path1.with_suffix(".json").read_text())
     assert plain["format_version"] == 1 and "tuning" not in plain
-    net, _ = _tuned(net1, steps=1)
+    net, _ = _tuned(path1, steps=1)
     net.tuning_ = {"settings": {"steps": 1}, "steps": 1, "history": []}
     net.restoration_lam_exponent_ = 0.25
     path = net.save(tmp_path / "t")
@@ -200,10 +193,10 @@ def test_tuned_model_round_trips_and_old_models_stay_format_1(net1, tmp_path):
         net.save(tmp_path / "bad")
 
 
-def test_tuned_model_refuses_bad_gains_on_load(net1, tmp_path):
+def test_tuned_model_refuses_bad_gains_on_load(path1, tmp_path):
     from conftest import rewrite_model_consistently  # noqa: PLC0415
 
-    net, _ = _tuned(net1, steps=1)
+    net, _ = _tuned(path1, steps=1)
     net.tuning_ = {"steps": 1}
     run = tmp_path / "t"
     net.save(run)
@@ -224,42 +217,42 @@ def test_tuned_model_refuses_bad_gains_on_load(net1, tmp_path):
         dn.DeconvNet.load(run)
 
 
-def test_a_gain_is_the_same_as_a_filter_scaled_by_it(net1):
+def test_a_gain_is_the_same_as_a_filter_scaled_by_it(path1):
     """Restoring with gains g (one scale) equals restoring with the filters times g and no gains:
     the atoms are the same, and so is the problem."""
     rng = np.random.default_rng(0)
     g = torch.as_tensor(rng.uniform(0.6, 1.5, (1, 4)))
-    a = dn.DeconvNet.load(_save(net1))
+    a = dn.DeconvNet.load(path1)
     a.restoration_gains_ = g
-    b = dn.DeconvNet.load(_save(net1))
+    b = dn.DeconvNet.load(path1)
     b.layers_[0].filters_ = b.layers_[0].filters_ * g[0][:, None, None, None]
     x = _photos(24)[0] + 0.1 * rng.standard_normal((24, 24))
     st = RestoreSettings(scales=1, max_iter=20000, tol=1e-12, clip=False)
     (ra,) = restore(a, [x], sigma=0.1, settings=st)
     (rb,) = restore(b, [x], sigma=0.1, settings=st)
-    (rn,) = restore(dn.DeconvNet.load(_save(net1)), [x], sigma=0.1, settings=st)
+    (rn,) = restore(dn.DeconvNet.load(path1), [x], sigma=0.1, settings=st)
     np.testing.assert_allclose(ra[1], rb[1], atol=1e-6)
     assert np.abs(ra[1] - rn[1]).max() > 1e-3  # the gains changed the result
     (pa,) = restore(a, [x], sigma=None, settings=RestoreSettings(inference="layerwise", clip=False))
-    (pn,) = restore(dn.DeconvNet.load(_save(net1)), [x], sigma=None, settings=RestoreSettings(inference="layerwise",
+    (pn,) = restore(dn.DeconvNet.load(path1), [x], sigma=None, settings=RestoreSettings(inference="layerwise",
                                                                                              clip=False))
     np.testing.assert_array_equal(pa[1], pn[1])  # the paper's protocol does not use them
 
 
-def test_the_tuned_exponent_scales_the_noise_aware_weight(net1):
+def test_the_tuned_exponent_scales_the_noise_aware_weight(path1):
     """With gains of 1, a model with exponent gamma restores at sigma as the plain model with
     lam_factor c (sigma / SIGMA_REF)^-gamma."""
     rng = np.random.default_rng(1)
-    a = dn.DeconvNet.load(_save(net1))
+    a = dn.DeconvNet.load(path1)
     a.restoration_gains_ = torch.ones(1, 4, dtype=torch.float64)
     a.restoration_lam_exponent_ = 0.4
     x = _photos(24)[1] + 0.15 * rng.standard_normal((24, 24))
     st = RestoreSettings(scales=1, max_iter=20000, tol=1e-12, clip=False)
     (ra,) = restore(a, [x], sigma=0.15, settings=st)
     c = st.lam_factor * (0.15 / SIGMA_REF) ** -0.4
-    (rb,) = restore(dn.DeconvNet.load(_save(net1)), [x], sigma=0.15,
+    (rb,) = restore(dn.DeconvNet.load(path1), [x], sigma=0.15,
                     settings=RestoreSettings(scales=1, max_iter=20000, tol=1e-12, clip=False, lam_factor=c))
-    (rc,) = restore(dn.DeconvNet.load(_save(net1)), [x], sigma=0.15, settings=st)
+    (rc,) = restore(dn.DeconvNet.load(path1), [x], sigma=0.15, settings=st)
     np.testing.assert_allclose(ra[1], rb[1], atol=1e-6)
     assert np.abs(ra[1] - rc[1]).max() > 1e-3
 
@@ -272,27 +265,27 @@ def test_the_tuned_exponent_scales_the_noise_aware_weight(net1):
     (["--patch", "10", "--scales", "9"], "scales=9"),
     (["--save-every", "0"], "--save-every 0"),
 ])
-def test_tune_command_refuses_bad_input_in_one_line(net1, tmp_path, capsys, bad, message):
+def test_tune_command_refuses_bad_input_in_one_line(path1, tmp_path, capsys, bad, message):
     folder = tmp_path / "imgs"
     folder.mkdir()
-    assert main(["tune", str(_save(net1)), str(folder), "--out", str(tmp_path / "o"), *bad]) == 2
+    assert main(["tune", str(path1), str(folder), "--out", str(tmp_path / "o"), *bad]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
-def test_tune_command_missing_folder_and_small_images(net1, tmp_path, capsys):
-    assert main(["tune", str(_save(net1)), str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+def test_tune_command_missing_folder_and_small_images(path1, tmp_path, capsys):
+    assert main(["tune", str(path1), str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "no such folder" in capsys.readouterr().err
     from skimage.io import imsave  # noqa: PLC0415
 
     folder = tmp_path / "imgs"
     folder.mkdir()
     imsave(folder / "a.png", (np.full((20, 20), 0.5) * 255).astype(np.uint8), check_contrast=False)
-    assert main(["tune", str(_save(net1)), str(folder), "--out", str(tmp_path / "o")]) == 2
+    assert main(["tune", str(path1), str(folder), "--out", str(tmp_path / "o")]) == 2
     assert "no image of at least 48x48" in capsys.readouterr().err
 
 
-def test_tune_command_saves_and_resumes(net1, tmp_path, capsys):
+def test_tune_command_saves_and_resumes(path1, tmp_path, capsys):
     from skimage.io import imsave  # noqa: PLC0415
 
     folder = tmp_path / "imgs"
@@ -300,7 +293,7 @@ def test_tune_command_saves_and_resumes(net1, tmp_path, capsys):
     for i, p in enumerate(_photos(40)):
         imsave(folder / f"{i}.png", (p * 255).astype(np.uint8), check_contrast=False)
     out = tmp_path / "tuned"
-    args = ["tune", str(_save(net1)), str(folder), "--out", str(out), "--patch", "16", "--batch", "2",
+    args = ["tune", str(path1), str(folder), "--out", str(out), "--patch", "16", "--batch", "2",
             "--save-every", "1", "--quiet"]
     assert main([*args, "--steps", "2"]) == 0
     first = dn.DeconvNet.load(out)
@@ -313,6 +306,6 @@ def test_tune_command_saves_and_resumes(net1, tmp_path, capsys):
     assert "nothing to do" in capsys.readouterr().out
     assert main([*args, "--steps", "3", "--lr", "0.01"]) == 2
     assert "not tuned with these settings" in capsys.readouterr().err
-    model_dir = _save(net1).parent
+    model_dir = path1.parent
     assert main(["tune", str(model_dir), str(folder), "--out", str(model_dir), "--steps", "1"]) == 2
     assert "holds a model that was not tuned" in capsys.readouterr().err

@@ -113,7 +113,7 @@ def save_model(net, path) -> Path:
             "map_activity": ([float(v) for v in layer.map_activity_] if getattr(layer, "map_activity_", None)
                              is not None else None),
         })
-    gains = getattr(net, "restoration_gains_", None)
+    gains = net.restoration_gains_
     if gains is not None:
         gains = gains.detach().to("cpu", net.layers_[0].filters_.dtype).contiguous()
         if not bool(torch.isfinite(gains).all()) or not bool((gains > 0).all()):
@@ -125,8 +125,7 @@ def save_model(net, path) -> Path:
         "config": net.config.to_dict(),
         "input_affine": [_finite(v) for v in net.input_affine_],
         "layers": layers,
-        **({"tuning": dict(getattr(net, "tuning_", None) or {},
-                           lam_exponent=_finite(getattr(net, "restoration_lam_exponent_", 0.0)))}
+        **({"tuning": dict(net.tuning_ or {}, lam_exponent=_finite(net.restoration_lam_exponent_))}
            if gains is not None else {}),
         "versions": software_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

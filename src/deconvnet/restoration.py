@@ -76,7 +76,7 @@ from .preprocess import CROP, Normalization, normalize, undo
 
 __all__ = ["RestoreSettings", "LAM_FACTOR", "DENOISE_RECIPE", "recipe_settings", "noise_lam", "noise_std_in",
            "restore", "denoise", "inpaint", "fill_missing", "check_sigma", "check_masks", "PixelOperator", "DIHEDRAL",
-           "SIGMA_REF", "tuned_lam", "tuned_operator"]
+           "SIGMA_REF", "tuned_lam", "tuned_operator", "support_solve", "debias"]
 
 #: ``c`` of the noise-aware weight ``lam = c / sigma_y`` (see the module docstring).
 LAM_FACTOR = 0.35
@@ -223,7 +223,7 @@ def tuned_operator(net, scales: int, filters: torch.Tensor | None = None, gains:
     lay = net.layers_[0]
     f = lay.filters_ if filters is None else filters
     op = lay.spec_.operator(f)
-    if gains is None and tuned and getattr(net, "restoration_gains_", None) is not None:
+    if gains is None and tuned and net.restoration_gains_ is not None:
         stored = net.restoration_gains_.to(f.device, f.dtype)
         gains = torch.ones(scales, op.K, dtype=f.dtype, device=f.device)
         n = min(scales, stored.shape[0])
@@ -345,27 +345,36 @@ def _fista(op, y: torch.Tensor, lam: float, p: float, settings: RestoreSettings,
     return solve(op, y, opts, z0).z
 
 
-def debias(op, y: torch.Tensor, z: torch.Tensor, n_iter: int) -> torch.Tensor:
-    r"""Least squares on the support of ``z``: ``n_iter`` conjugate-gradient steps on
-    :math:`\min_u \|P u - y\|^2` over maps ``u`` that are zero where ``z`` is, from ``u = z``
-    (undoes the l1 penalty's shrinkage of the entries it kept)."""
-    S = (z != 0).to(z.dtype)
-    u = z.clone()
-    r = S * op.adjoint(y - op.forward(u))  # minus the gradient, on the support
+def support_solve(op, S: torch.Tensor, g: torch.Tensor, n_iter: int, ridge: float = 0.0) -> torch.Tensor:
+    r""":math:`\beta` with :math:`(S P^T P S + \epsilon I)\beta = S g` by ``n_iter`` conjugate-gradient
+    steps from 0 (``S`` the 0/1 support of some maps, ``epsilon = ridge`` for atoms nearly
+    dependent on the support); zero off the support. :func:`debias` and
+    :func:`deconvnet.tuning.implicit_gradient` solve with it."""
+    beta = torch.zeros_like(g)
+    r = S * g
     d = r.clone()
     rr = rr0 = float((r * r).sum())
     for _ in range(n_iter):
-        Ad = S * op.adjoint(op.forward(d))
+        Ad = S * op.adjoint(op.forward(d)) + ridge * d
         dAd = float((d * Ad).sum())
-        if rr <= 1e-28 * rr0 or dAd <= 0:  # solved (to rounding)
+        if rr <= 1e-28 * rr0 or dAd <= 0:  # solved (to rounding), or nothing to solve
             break
         step = rr / dAd
-        u = u + step * d
+        beta = beta + step * d
         r = r - step * Ad
         rr_new = float((r * r).sum())
         d = r + (rr_new / rr) * d
         rr = rr_new
-    return u
+    return beta
+
+
+def debias(op, y: torch.Tensor, z: torch.Tensor, n_iter: int) -> torch.Tensor:
+    r"""Least squares on the support of ``z``: ``n_iter`` conjugate-gradient steps on
+    :math:`\min_u \|P u - y\|^2` over maps ``u`` that are zero where ``z`` is, from ``u = z``
+    (undoes the l1 penalty's shrinkage of the entries it kept): ``u = z + delta`` with
+    :func:`support_solve` of the normal equations for ``delta``."""
+    S = (z != 0).to(z.dtype)
+    return z + support_solve(op, S, op.adjoint(y - op.forward(z)), n_iter)
 
 
 def _maps(net, Y: torch.Tensor, top: int, lam1: float, settings: RestoreSettings, M=None,
@@ -424,7 +433,7 @@ def _restore_one(net, x: np.ndarray, layers: list[int], sigma: float | None, m: 
     s_eff = sigma if sigma else (settings.inpaint_sigma if m is not None else None)
     lam1 = noise_lam(noise_std_in(net, norm, s_eff), settings.lam_factor) if s_eff else net.layers_[0].lam_
     ms = None  # several scales, or the tuned gains: layer 1 alone (restore checks the scales)
-    tuned = getattr(net, "restoration_gains_", None) is not None and s_eff is not None and layers == [1]
+    tuned = net.restoration_gains_ is not None and s_eff is not None and layers == [1]
     if tuned and sigma:  # the tuned exponent of the noise level (not for inpaint_sigma, no noise)
         lam1 = tuned_lam(lam1, sigma, net.restoration_lam_exponent_)
     if settings.scales > 1 or tuned:  # the tuned gains go with the noise-aware weight they were tuned for

@@ -28,7 +28,7 @@ gain per scale and map (``gains`` ``(J, K)``, the atoms' norms, i.e. per-map l1 
 
 .. math:: (A_S^T A_S)\,\beta_S = g_S, \qquad \beta_{\bar S} = 0
 
-(conjugate gradients, :func:`support_solve`), the gradient is that of
+(conjugate gradients, :func:`deconvnet.restoration.support_solve`), the gradient is that of
 
 .. math:: \ell(A_\theta z^*) - \langle A_\theta \beta,\; A_\theta z^* - Y\rangle
 
@@ -50,10 +50,10 @@ import numpy as np
 import torch
 
 from .preprocess import CROP
-from .restoration import LAM_FACTOR, SIGMA_REF, noise_lam, noise_std_in, tuned_lam, tuned_operator
+from .restoration import (LAM_FACTOR, SIGMA_REF, noise_lam, noise_std_in, support_solve, tuned_lam,
+                          tuned_operator)
 
-__all__ = ["TuneSettings", "TuneRecord", "tune_for_denoising", "implicit_gradient", "lam_derivative",
-           "support_solve"]
+__all__ = ["TuneSettings", "TuneRecord", "tune_for_denoising", "implicit_gradient", "lam_derivative"]
 
 
 def lam_derivative(beta: torch.Tensor, z: torch.Tensor, lam: float) -> float:
@@ -70,7 +70,8 @@ class TuneSettings:
     random from the images (random flips and transpositions). ``sigmas``: noise levels on the
     [0, 1] scale, one per batch in turn. ``scales``: layer 1's scales coded jointly (as
     restoration's ``scales``). ``lr``: Adam's step size. ``max_iter``: FISTA iterations per
-    batch. ``cg_iter``: conjugate-gradient steps of :func:`support_solve`. ``margin``: pixels
+    batch. ``cg_iter``: conjugate-gradient steps of
+    :func:`~deconvnet.restoration.support_solve`. ``margin``: pixels
     of each patch's border left out of the loss. ``lam_factor``: ``c`` of the noise-aware weight.
     ``seed``: patches, noise and their order.
     """
@@ -119,33 +120,13 @@ class TuneRecord:
     lam_exponent: float
 
 
-def support_solve(op, S: torch.Tensor, g: torch.Tensor, n_iter: int, ridge: float = 1e-4) -> torch.Tensor:
-    r""":math:`\beta` with :math:`(S A^T A S + \epsilon I)\beta = S g` by ``n_iter`` conjugate-gradient
-    steps from 0 (``S`` the 0/1 support, ``epsilon = ridge`` for atoms that are nearly dependent
-    on the support); zero off the support."""
-    b = S * g
-    beta = torch.zeros_like(b)
-    r, d = b.clone(), b.clone()
-    rr = rr0 = float((r * r).sum())
-    for _ in range(n_iter):
-        if rr <= 1e-24 * rr0 or rr0 == 0:
-            break
-        Ad = S * op.adjoint(op.forward(S * d)) + ridge * d
-        alpha = rr / float((d * Ad).sum())
-        beta = beta + alpha * d
-        r = r - alpha * Ad
-        rr_new = float((r * r).sum())
-        d = r + (rr_new / rr) * d
-        rr = rr_new
-    return beta
-
-
 def implicit_gradient(make_op, Y: torch.Tensor, Z: torch.Tensor, loss_of, cg_iter: int, ridge: float = 1e-4):
     r"""Add to the parameters' ``.grad`` the gradient of :math:`\ell(z^*(\theta))` (module
     docstring). ``make_op()``: the operator :math:`A_\theta` built from the parameters (its
     ``synthesize`` differentiable in them); ``Z``: :math:`z^*`, the solution of the Lasso with
     data ``Y`` for the current parameters; ``loss_of(x)``: the loss of a synthesis ``x`` (the
-    shape of ``Y``); ``ridge``: that of :func:`support_solve`. Returns ``(loss, support, beta)``."""
+    shape of ``Y``); ``ridge``: that of :func:`~deconvnet.restoration.support_solve`. Returns
+    ``(loss, support, beta)``."""
     with torch.no_grad():
         A = make_op()
     zv = Z.detach().clone().requires_grad_(True)
@@ -189,21 +170,20 @@ def tune_for_denoising(net, images, settings: TuneSettings | None = None, *, sta
 
     net.check_fitted()
     st = TuneSettings() if settings is None else settings
-    data = [x for x in read_images(images, net.config.color, None)]
+    data = list(read_images(images, net.config.color, None))
     small = [i for i, x in enumerate(data) if min(x.shape[1:]) < st.patch]
     if small:
         raise ValueError(f"image {small[0]} is smaller than a {st.patch}x{st.patch} patch")
     lay = net.layers_[0]
     dtype, device = lay.filters_.dtype, lay.filters_.device
     v = lay.filters_.detach().clone().requires_grad_(True)
-    old = getattr(net, "restoration_gains_", None)
+    old = net.restoration_gains_
     G = torch.ones(st.scales, lay.n_maps, dtype=dtype, device=device)
     if old is not None:
         n = min(st.scales, old.shape[0])
         G[:n] = old[:n].to(device, dtype)
     log_g = G.log().requires_grad_(True)
-    gamma = torch.tensor(float(getattr(net, "restoration_lam_exponent_", 0.0) or 0.0), dtype=torch.float64,
-                         requires_grad=True)
+    gamma = torch.tensor(net.restoration_lam_exponent_, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([v, log_g, gamma], lr=st.lr)
     a, b = net.input_affine_
     kind, pad = net.config.preprocess, CROP[net.config.preprocess]
@@ -230,15 +210,11 @@ def tune_for_denoising(net, images, settings: TuneSettings | None = None, *, sta
         with torch.no_grad():
             f, gains = params()
             A = tuned_operator(net, st.scales, f.detach(), gains.detach())
-            groups = {}
-            for i, lam in enumerate(lams):  # one FISTA per distinct weight (one for 'highpass')
-                groups.setdefault(lam, []).append(i)
-            Z = None
-            for lam, idx in groups.items():
-                z = solve(A, Y[idx], FistaOptions(lam, 1.0, st.max_iter, 0.0, record="last",
-                                                  flush_denormals=True)).z
-                Z = torch.zeros((len(lams), *z.shape[1:]), dtype=dtype, device=device) if Z is None else Z
-                Z[idx] = z
+            Z = torch.zeros(A.map_shape(Y.shape), dtype=dtype, device=device)
+            for lam in set(lams):  # one FISTA per distinct weight (one for 'highpass')
+                idx = [i for i, v in enumerate(lams) if v == lam]
+                Z[idx] = solve(A, Y[idx], FistaOptions(lam, 1.0, st.max_iter, 0.0, record="last",
+                                                       flush_denormals=True)).z
 
         def loss_of(xs):
             xr = div * (xs - b) / a + low
