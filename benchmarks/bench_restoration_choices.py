@@ -13,7 +13,11 @@ inpainting with 50% missing against ``inpaint_biharmonic`` for several ``inpaint
 two scales. ``--tuned``: rows at the end compare the denoising model after ``deconvnet tune``
 (:mod:`deconvnet.tuning`) with the model it was tuned from (``--denoise``): two scales, one
 copy, at sigma 15 / 25 / 50, and inpainting 50% missing; ``--tuned-only``: those rows alone
-(about 5 minutes on 2 cores).
+(about 5 minutes on 2 cores). ``--adaptive-only``: the second pass with locally adaptive l1
+weights (:mod:`deconvnet.adaptive`, ``RestoreSettings(adaptive=a)``) against none, on the
+denoising model (``--tuned`` if given), two scales: one copy at sigma 15 / 25 / 50 and 8 copies
+at sigma 25 (about 15 minutes). ``--images DIR``: DIR's images (grey centre crops of at most
+256 x 256) in place of scikit-image's photos.
 """
 
 from __future__ import annotations
@@ -31,6 +35,17 @@ import deconvnet as dn
 from deconvnet.restoration import RestoreSettings, restore
 
 PHOTOS = ("camera", "astronaut", "coffee", "coins")
+
+
+def folder_photos(folder: str, side: int = 256) -> list[np.ndarray]:
+    """Grey centre crops (at most ``side x side``) of the images in ``folder``."""
+    out = []
+    for p in dn.images.list_images(folder):
+        im = dn.images.load_image(p, "gray")[0]
+        H, W = im.shape
+        h, w = min(side, H), min(side, W)
+        out.append(np.ascontiguousarray(im[(H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w]))
+    return out
 
 
 def photos(side: int = 256) -> list[np.ndarray]:
@@ -61,13 +76,23 @@ def main() -> int:
     ap.add_argument("--denoise", required=True, metavar="RUN_DIR", help="the denoising model, as trained")
     ap.add_argument("--tuned", metavar="RUN_DIR", help="the same model after deconvnet tune")
     ap.add_argument("--tuned-only", action="store_true", help="only the rows that compare --tuned with --denoise")
+    ap.add_argument("--adaptive-only", action="store_true",
+                    help="only the rows of the second pass with adaptive weights (deconvnet.adaptive)")
+    ap.add_argument("--images", metavar="DIR", help="photos to score on in place of scikit-image's")
     args = parse(ap, device=True, json=False)
     if args.tuned_only and args.tuned is None:
         ap.error("--tuned-only needs --tuned")
     print(f"# {environment(args.device)}")
     model = dn.DeconvNet.load(args.denoise, device=args.device)
     paper = dn.DeconvNet.load(args.paper, device=args.device)
-    images = photos()
+    images = photos() if args.images is None else folder_photos(args.images)
+    if not images:
+        ap.error(f"--images {args.images}: no images there")
+    print(f"# {len(images)} photos: " + ("scikit-image's " + ", ".join(PHOTOS) if args.images is None
+                                        else f"{args.images}, " + ", ".join(f"{x.shape[0]}x{x.shape[1]}" for x in images)))
+    if args.adaptive_only:
+        return adaptive_rows(model if args.tuned is None else dn.DeconvNet.load(args.tuned, device=args.device),
+                             images)
     if args.tuned_only:
         return tuned_rows(model, dn.DeconvNet.load(args.tuned, device=args.device), images)
     print("lam = c / sigma_y, one copy: PSNR at sigma 15 / 25 / 50")
@@ -120,6 +145,19 @@ def tuned_rows(model, tuned, images) -> int:
         v = np.mean([peak_signal_noise_ratio(x, restore(net, [x * m], masks=[m], settings=RestoreSettings(
             scales=2))[0][1][0], data_range=1.0) for x, m in zip(images, masks)])
         print(f"  {name:<22}{v:8.2f}", flush=True)
+    return 0
+
+
+def adaptive_rows(net, images) -> int:
+    """The second pass with locally adaptive l1 weights (deconvnet.adaptive) against none."""
+    tuned = f"tuned {net.tuning_['steps']} steps" if net.tuning_ else "as trained"
+    print(f"denoising model ({tuned}), two scales, one copy: PSNR at sigma 15 / 25 / 50")
+    for a in (0.0, 0.3, 0.6):
+        row = [mean_psnr(net, images, s, scales=2, adaptive=a)[1] for s in (15, 25, 50)]
+        print(f"  adaptive a = {a:<8}" + "".join(f"{v:8.2f}" for v in row), flush=True)
+    print("two scales, 8 copies, sigma 25: PSNR")
+    for a in (0.0, 0.3):
+        print(f"  adaptive a = {a:<8}{mean_psnr(net, images, 25, scales=2, copies=8, adaptive=a)[1]:8.2f}", flush=True)
     return 0
 
 

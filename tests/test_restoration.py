@@ -276,6 +276,8 @@ def test_cli_inpaint_writes_the_image(files, capsys):
     (["denoise", "{m}", "{d}/clean.png", "--sigma", "5", "--copies", "9", "--out", "{d}/o.png"], "copies=9"),
     (["denoise", "{m}", "{d}/clean.png", "--sigma", "5", "--paper", "--out", "{d}/o.png"], "leave out --sigma"),
     (["denoise", "{m}", "{d}/clean.png", "--paper", "--copies", "8", "--out", "{d}/o.png"], "leave out --copies"),
+    (["denoise", "{m}", "{d}/clean.png", "--paper", "--adaptive", "0.3", "--out", "{d}/o.png"], "--adaptive"),
+    (["denoise", "{m}", "{d}/clean.png", "--sigma", "5", "--adaptive", "-1", "--out", "{d}/o.png"], "adaptive=-1.0"),
     (["denoise", "{m}", "{d}/clean.png", "--sigma", "5", "--layer", "2", "--scales", "2", "--out", "{d}/o.png"],
      "--scales 2: several scales restore from layer 1 only"),
     (["inpaint", "{m}", "{d}/clean.png", "--mask", "{d}/small.png", "--out", "{d}/o.png"],
@@ -283,7 +285,7 @@ def test_cli_inpaint_writes_the_image(files, capsys):
     (["inpaint", "{m}", "{d}/clean.png", "--mask", "{d}/zeros.png", "--out", "{d}/o.png"], "every pixel is 0"),
     (["inpaint", "{m}", "{d}/clean.png", "--mask", "{d}/broken.png", "--out", "{d}/o.png"], "broken.png: "),
 ], ids=["negative", "nan", "not-a-number", "no-sigma", "layer", "suffix", "unreadable", "missing", "no-model",
-        "copies", "paper-sigma", "paper-copies", "scales-layer2", "mask-size", "mask-zeros", "mask-unreadable"])
+        "copies", "paper-sigma", "paper-copies", "paper-adaptive", "adaptive", "scales-layer2", "mask-size", "mask-zeros", "mask-unreadable"])
 def test_cli_bad_inputs_are_one_line_errors_before_any_work(files, capsys, argv, match):
     from deconvnet.cli import main
 

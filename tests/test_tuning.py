@@ -26,6 +26,7 @@ from deconvnet.restoration import RestoreSettings, restore
 from deconvnet.solvers import FistaOptions, solve
 from deconvnet.restoration import SIGMA_REF, support_solve
 from deconvnet.tuning import TuneSettings, implicit_gradient, lam_derivative, tune_for_denoising
+from deconvnet import tuning
 
 
 def _unit(v):
@@ -309,3 +310,47 @@ def test_tune_command_saves_and_resumes(path1, tmp_path, capsys):
     model_dir = path1.parent
     assert main(["tune", str(model_dir), str(folder), "--out", str(model_dir), "--steps", "1"]) == 2
     assert "holds a model that was not tuned" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("copies", [1, 4])
+def test_tuning_through_copies_scores_the_mean_of_the_copies_restorations(path1, copies):
+    """Step 1's loss with ``copies`` is that of restore(copies=...) on the same noisy patches:
+    the flips, their inverses and the average, as restoration does them."""
+    st = TuneSettings(steps=1, patch=16, batch=2, scales=2, max_iter=40, cg_iter=5, copies=copies, lr=1e-9)
+    rec = tune_for_denoising(dn.DeconvNet.load(path1), _photos(), st, record_every=1)[0]
+    net = dn.DeconvNet.load(path1)
+    rng = np.random.default_rng([st.seed, 0])  # step 0's patches and noise
+    X = tuning._patches(list(dn.images.read_images(_photos(), net.config.color, None)), 16, 2, rng)
+    noisy = X + st.sigmas[0] * rng.standard_normal(X.shape)
+    out = restore(net, [y[0] for y in noisy], sigma=st.sigmas[0],
+                  settings=RestoreSettings(scales=2, copies=copies, max_iter=40, tol=0.0, clip=False))
+    m = st.margin
+    err = np.mean([((r[1][0] - x[0])[m:-m, m:-m] ** 2).sum() for r, x in zip(out, X)]) / (16 - 2 * m) ** 2
+    assert rec.psnr_db == pytest.approx(-10 * np.log10(err), abs=1e-6)
+
+
+def test_tune_copies_is_checked_and_older_tunings_resume(path1, tmp_path, capsys):
+    from conftest import rewrite_model_consistently  # noqa: PLC0415
+    from skimage.io import imsave  # noqa: PLC0415
+
+    for bad in (0, 9):
+        with pytest.raises(ValueError, match="copies"):
+            TuneSettings(copies=bad)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, p in enumerate(_photos(40)):
+        imsave(folder / f"{i}.png", (p * 255).astype(np.uint8), check_contrast=False)
+    out = tmp_path / "tuned"
+    args = ["tune", str(path1), str(folder), "--out", str(out), "--patch", "16", "--batch", "1", "--quiet"]
+    assert main([*args, "--steps", "1", "--copies", "9"]) == 2
+    assert "copies" in capsys.readouterr().err
+    assert main([*args, "--steps", "1"]) == 0
+
+    def drop_copies(doc):  # as saved before 'copies' existed
+        del doc["tuning"]["settings"]["copies"]
+    rewrite_model_consistently(out, drop_copies)
+    assert "copies" not in json.loads((out / "model.json").read_text())["tuning"]["settings"]
+    assert main([*args, "--steps", "2"]) == 0  # one copy: the same settings
+    assert dn.DeconvNet.load(out).tuning_["steps"] == 2
+    assert main([*args, "--steps", "3", "--copies", "2"]) == 2
+    assert "not tuned with these settings" in capsys.readouterr().err

@@ -447,7 +447,8 @@ def _settings(args):
     from .restoration import recipe_settings  # noqa: PLC0415
 
     try:
-        given = {"lam_factor": args.lam_factor, "copies": args.copies, "scales": args.scales}
+        given = {"lam_factor": args.lam_factor, "copies": args.copies, "scales": args.scales,
+                 "adaptive": args.adaptive}
         return recipe_settings(two_pass=args.two_pass, **{k: v for k, v in given.items() if v is not None})
     except ValueError as err:
         raise UserError(str(err)) from None
@@ -479,9 +480,10 @@ def cmd_denoise(args) -> int:
         sigma = noise
     settings = _settings(args)
     if args.paper:  # the paper's protocol: layer by layer, each layer's own lam, the image alone
-        if args.copies is not None or args.lam_factor is not None or args.two_pass or args.scales is not None:
-            raise UserError("--paper is the paper's protocol: leave out --copies, --lam-factor, --scales and "
-                            "--two-pass")
+        if (args.copies is not None or args.lam_factor is not None or args.two_pass or args.scales is not None
+                or args.adaptive is not None):
+            raise UserError("--paper is the paper's protocol: leave out --copies, --lam-factor, --scales, "
+                            "--adaptive and --two-pass")
         settings = replace(settings, inference="layerwise", copies=1, scales=1)
     weight = "each layer's own lam (the paper's protocol)" if args.paper else f"sigma {sigma:g}"
     out = _check_out_file(args.out)
@@ -541,7 +543,7 @@ def cmd_tune(args) -> int:
         raise UserError(f"--sigmas {args.sigmas}: noise levels > 0 on the 0-255 scale, comma-separated (e.g. 15,25,50)")
     try:
         st = TuneSettings(steps=args.steps, patch=args.patch, batch=args.batch, sigmas=tuple(s_ / 255 for s_ in sigmas),
-                          scales=args.scales, lr=args.lr, seed=args.seed)
+                          scales=args.scales, lr=args.lr, seed=args.seed, copies=args.copies)
     except ValueError as err:
         raise UserError(str(err)) from None
     if args.save_every < 1:
@@ -558,7 +560,8 @@ def cmd_tune(args) -> int:
         if not tuning:
             raise UserError(f"--out {out}: holds a model that was not tuned (MODEL itself?); the tuned model needs "
                             "a folder of its own")
-        if tuning.get("settings") != described:
+        stored = tuning.get("settings")  # tunings saved before 'copies' existed had one copy
+        if not isinstance(stored, dict) or {"copies": 1, **stored} != described:
             raise UserError(f"--out {out}: holds a model not tuned with these settings; choose another --out")
         done = int(tuning.get("steps", 0))
     else:
@@ -813,6 +816,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--scales", type=int, default=None, metavar="J",
                        help="code with layer 1's filters at J scales at once (1-4; default: the recipe's, "
                             "deconvnet.restoration.DENOISE_RECIPE; layer 1 only)")
+        p.add_argument("--adaptive", type=float, default=None, metavar="A",
+                       help="code layer 1 a second time with l1 weights raised up to 1+A times where the first "
+                            "pass found no structure (denoising; default 0 = off; twice slower)")
         p.add_argument("--two-pass", action="store_true",
                        help="take the low frequencies from a first estimate (twice slower)")
         device(p)
@@ -857,6 +863,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", type=int, default=2, help="scales coded jointly, as denoise --scales (default 2)")
     p.add_argument("--patch", type=int, default=48, help="side of the training patches (default 48)")
     p.add_argument("--batch", type=int, default=8, help="patches per step (default 8)")
+    p.add_argument("--copies", type=int, default=1,
+                   help="tune the mean of this many flips and transpositions of each patch, as denoise restores "
+                        "(1 to 8; default 1; the time per step grows with it)")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam's step size (default 0.003)")
     p.add_argument("--seed", type=int, default=0, help="seed of the patches and the noise (default 0)")
     p.add_argument("--save-every", type=int, default=50, metavar="N", help="steps between saves (default 50)")

@@ -93,14 +93,15 @@ class MultiScaleOperator:
     def _atom_norms(self, j: int) -> torch.Tensor:
         """``||U^j D e_k||`` for every map ``k`` (an impulse at the centre of a large grid)."""
         n = 4 * self.s * 2 ** j
-        sizes = self._sizes(n, n)
+        sizes = self.scale_sizes(n, n)
         z = torch.zeros(self.K, self.K, sizes[j][0] + self.s - 1, sizes[j][1] + self.s - 1,
                         dtype=self.dtype, device=self.device)
         c = z.shape[-1] // 2
         z[torch.arange(self.K), torch.arange(self.K), c, c] = 1.0
         return _upsample_from(self.op.forward(z), sizes, j).flatten(1).norm(dim=1)
 
-    def _sizes(self, H: int, W: int) -> list[tuple[int, int]]:
+    def scale_sizes(self, H: int, W: int) -> list[tuple[int, int]]:
+        """The image grid of every scale for an ``H x W`` image: ``(H_j, W_j)``, ``H_j = ceil(H / 2^j)``."""
         out = [(H, W)]
         for _ in range(1, self.J):
             out.append((math.ceil(out[-1][0] / 2), math.ceil(out[-1][1] / 2)))
@@ -113,12 +114,12 @@ class MultiScaleOperator:
     def scale_maps(self, z: torch.Tensor, j: int) -> torch.Tensor:
         """The maps of scale ``j`` (``(B, K, H_j + s - 1, W_j + s - 1)``, a view of ``z``)."""
         H, W = z.shape[-2] - self.s + 1, z.shape[-1] - self.s + 1
-        h, w = self._sizes(H, W)[j]
+        h, w = self.scale_sizes(H, W)[j]
         return z[:, j * self.K:(j + 1) * self.K, :h + self.s - 1, :w + self.s - 1]
 
     def synthesize(self, z: torch.Tensor) -> torch.Tensor:
         r""":math:`\sum_j U^j D (w_j \odot z_j)`, without the weight: maps -> ``(B, C, H, W)``."""
-        sizes = self._sizes(z.shape[-2] - self.s + 1, z.shape[-1] - self.s + 1)
+        sizes = self.scale_sizes(z.shape[-2] - self.s + 1, z.shape[-1] - self.s + 1)
         z0 = self.scale_maps(z, 0)
         out = self.op.forward(z0 if self.gains is None else z0 * self.w[0][None, :, None, None])
         for j in range(1, self.J):
@@ -129,7 +130,7 @@ class MultiScaleOperator:
     def synthesize_adjoint(self, r: torch.Tensor) -> torch.Tensor:
         """The adjoint of :meth:`synthesize`; the maps' padding (module docstring) is 0."""
         H, W = r.shape[-2:]
-        sizes = self._sizes(H, W)
+        sizes = self.scale_sizes(H, W)
         parts, x = [self.op.adjoint(r)], r
         if self.gains is not None:
             parts[0] = parts[0] * self.w[0][None, :, None, None]

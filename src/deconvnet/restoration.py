@@ -65,18 +65,20 @@ they are denoised too.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .adaptive import adaptive_pass
 from .images import read_images
 from .multiscale import MultiScaleOperator
 from .preprocess import CROP, Normalization, normalize, undo
 
 __all__ = ["RestoreSettings", "LAM_FACTOR", "DENOISE_RECIPE", "recipe_settings", "noise_lam", "noise_std_in",
            "restore", "denoise", "inpaint", "fill_missing", "check_sigma", "check_masks", "PixelOperator", "DIHEDRAL",
-           "SIGMA_REF", "tuned_lam", "tuned_operator", "support_solve", "debias"]
+           "SIGMA_REF", "tuned_lam", "dihedral", "undo_dihedral", "tuned_operator", "support_solve", "debias"]
 
 #: ``c`` of the noise-aware weight ``lam = c / sigma_y`` (see the module docstring).
 LAM_FACTOR = 0.35
@@ -110,7 +112,10 @@ class RestoreSettings:
     maps (0 = none; :func:`debias`). ``inpaint_sigma``: the noise level assumed on the known
     pixels when inpainting without ``sigma`` (sets the noise-aware ``lam``; small = the known
     pixels are explained almost exactly; ``benchmarks/bench_restoration_choices.py`` compares
-    0.005 / 0.002 / 0.001 on 50% missing pixels).
+    0.005 / 0.002 / 0.001 on 50% missing pixels). ``adaptive``: ``a`` of the second pass with
+    locally adaptive l1 weights at layer 1 (:mod:`deconvnet.adaptive`; 0 = none), when denoising
+    (a noise level and no mask); ``adaptive_kappa`` and ``adaptive_radius``: its
+    ``kappa`` and ``r``.
     """
 
     lam_factor: float = LAM_FACTOR
@@ -125,9 +130,16 @@ class RestoreSettings:
     pixel_lam_scale: float = 1.0
     debias: int = 0
     inpaint_sigma: float = 0.001
+    adaptive: float = 0.0
+    adaptive_kappa: float = 0.1
+    adaptive_radius: float = 3.0
 
     def __post_init__(self):
-        for name in ("lam_factor", "upper_lam_scale", "pixel_lam_scale", "inpaint_sigma"):
+        a = self.adaptive
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a < 0:
+            raise ValueError(f"adaptive={a!r} is not allowed: a finite number >= 0")
+        for name in ("lam_factor", "upper_lam_scale", "pixel_lam_scale", "inpaint_sigma", "adaptive_kappa",
+                     "adaptive_radius"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
                 raise ValueError(f"{name}={v!r} is not allowed: a finite number > 0")
@@ -248,7 +260,8 @@ def fill_missing(x: np.ndarray, m: np.ndarray) -> np.ndarray:
     return out
 
 
-def _transform(x: np.ndarray, t) -> np.ndarray:
+def dihedral(x: np.ndarray, t) -> np.ndarray:
+    """``(C, H, W)`` under the transform ``t`` of :data:`DIHEDRAL` (transpose, then flip rows, then columns)."""
     transpose, rows, cols = t
     if transpose:
         x = x.transpose(0, 2, 1)
@@ -259,7 +272,8 @@ def _transform(x: np.ndarray, t) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _untransform(x: np.ndarray, t) -> np.ndarray:
+def undo_dihedral(x: np.ndarray, t) -> np.ndarray:
+    """The inverse of :func:`dihedral` ``(x, t)``."""
     transpose, rows, cols = t
     if cols:
         x = x[:, :, ::-1]
@@ -378,13 +392,14 @@ def debias(op, y: torch.Tensor, z: torch.Tensor, n_iter: int) -> torch.Tensor:
 
 
 def _maps(net, Y: torch.Tensor, top: int, lam1: float, settings: RestoreSettings, M=None,
-          multiscale: MultiScaleOperator | None = None) -> list[torch.Tensor]:
+          multiscale: MultiScaleOperator | None = None, adaptive: bool = False) -> list[torch.Tensor]:
     """Maps of layers ``1..top`` for inputs ``Y`` ``(1, C, H, W)`` (weight ``M`` on layer 1's
     data term): layer by layer as in training (the paper), layer 1 with ``lam1``, layers above
     with their own ``lam`` times ``upper_lam_scale``; with ``settings.inference == "pixel"``,
     each layer above 1 is then refitted to the pixels through the layers below
     (:class:`PixelOperator`) with the weight ``lam1 * pixel_lam_scale ** (l - 1)``.
-    ``multiscale``: layer 1 is coded at its scales (then ``top`` is 1)."""
+    ``multiscale``: layer 1 is coded at its scales (then ``top`` is 1). ``adaptive``: layer 1 is
+    coded again with locally adaptive weights (``settings.adaptive``, :mod:`deconvnet.adaptive`)."""
     out, inp = [], Y
     for i in range(top):
         lay = net.layers_[i]
@@ -394,7 +409,11 @@ def _maps(net, Y: torch.Tensor, top: int, lam1: float, settings: RestoreSettings
             target = inp if M is None else inp * op.sqrt_w
             if multiscale is not None:  # layer 1's filters at several scales (settings.scales)
                 op = multiscale.weighted(op.sqrt_w)
-            z = _fista(op, target, lam1, lay.spec_.config.p, settings)
+            p1 = lay.spec_.config.p
+            z = _fista(op, target, lam1, p1, settings)
+            if adaptive and settings.adaptive:
+                z = adaptive_pass(op, target, z, lam1, settings.adaptive, settings.adaptive_kappa,
+                                  settings.adaptive_radius, lambda o, t, z0: _fista(o, t, lam1, p1, settings, z0))
             if settings.debias and (settings.inference == "layerwise" or top == 1):
                 z = debias(op, target, z, settings.debias)
         else:
@@ -438,7 +457,7 @@ def _restore_one(net, x: np.ndarray, layers: list[int], sigma: float | None, m: 
         lam1 = tuned_lam(lam1, sigma, net.restoration_lam_exponent_)
     if settings.scales > 1 or tuned:  # the tuned gains go with the noise-aware weight they were tuned for
         ms = tuned_operator(net, settings.scales, tuned=tuned)
-    Z = _maps(net, Y, max(layers), lam1, settings, M, ms)
+    Z = _maps(net, Y, max(layers), lam1, settings, M, ms, adaptive=bool(sigma) and m is None)
     out = {}
     for L in layers:
         xr = net.synthesize_down(Z[L - 1], L) if ms is None else ms.synthesize(Z[0])
@@ -481,13 +500,13 @@ def restore(net, images, *, sigma: float | None = None, masks=None, layers=(1,),
         m = None if ms is None else ms[j]
         acc: dict[int, np.ndarray] = {}
         for t in DIHEDRAL[:settings.copies]:
-            xt, mt = _transform(x, t), None if m is None else _transform(m, t)
+            xt, mt = dihedral(x, t), None if m is None else dihedral(m, t)
             first = _restore_one(net, xt, layers, sigma, mt, settings)
             if settings.two_pass:
                 first = {L: _restore_one(net, xt, [L], sigma, mt, settings, low=_low_of(net, r))[L]
                          for L, r in first.items()}
             for L, r in first.items():
-                acc[L] = acc.get(L, 0.0) + _untransform(r, t)
+                acc[L] = acc.get(L, 0.0) + undo_dihedral(r, t)
         res = {L: v / settings.copies for L, v in acc.items()}
         if settings.clip:
             res = {L: np.clip(v, 0.0, 1.0) for L, v in res.items()}

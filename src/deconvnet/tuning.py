@@ -38,6 +38,15 @@ condition as :math:`\operatorname{sign}(z_S)/\lambda`, so :math:`\partial\ell/\p
 checks it against central finite differences of :math:`\ell(z^*(\theta))` with the Lasso solved
 to convergence. The step is Adam's on ``v``, ``log gains`` and :math:`\gamma`; every batch holds patches of one
 noise level, taken in turn from ``sigmas``.
+
+**Through the averaged copies** (``copies`` > 1). Restoration's recipe averages the
+restorations of the first ``copies`` flips and transpositions of the image
+(:data:`deconvnet.restoration.DIHEDRAL`); averaging lowers the variance of the estimate, so
+that the best shrinkage for the average is not the best for one copy. With ``copies = T`` the
+loss is that of the average, :math:`\ell = \|\tfrac1T\sum_t U_t \hat x(A z^*_t) - x\|^2` (
+:math:`z^*_t` the maps of the ``t``-th transform of the noisy patch, :math:`U_t` its inverse);
+the ``T`` Lasso problems are independent, so the same implicit gradient applies to the batch of
+``B T`` problems.
 """
 
 from __future__ import annotations
@@ -50,8 +59,8 @@ import numpy as np
 import torch
 
 from .preprocess import CROP
-from .restoration import (LAM_FACTOR, SIGMA_REF, noise_lam, noise_std_in, support_solve, tuned_lam,
-                          tuned_operator)
+from .restoration import (DIHEDRAL, LAM_FACTOR, SIGMA_REF, dihedral, noise_lam, noise_std_in, support_solve,
+                          tuned_lam, tuned_operator)
 
 __all__ = ["TuneSettings", "TuneRecord", "tune_for_denoising", "implicit_gradient", "lam_derivative"]
 
@@ -73,7 +82,9 @@ class TuneSettings:
     batch. ``cg_iter``: conjugate-gradient steps of
     :func:`~deconvnet.restoration.support_solve`. ``margin``: pixels
     of each patch's border left out of the loss. ``lam_factor``: ``c`` of the noise-aware weight.
-    ``seed``: patches, noise and their order.
+    ``seed``: patches, noise and their order. ``copies``: the loss is that of the mean of the
+    restorations of the first ``copies`` flips and transpositions of each noisy patch (as
+    restoration's ``copies``; ``batch * copies`` problems per step).
     """
 
     steps: int = 2400
@@ -87,12 +98,15 @@ class TuneSettings:
     margin: int = 4
     lam_factor: float | None = None
     seed: int = 0
+    copies: int = 1
 
     def __post_init__(self):
-        for name in ("steps", "patch", "batch", "scales", "max_iter", "cg_iter"):
+        for name in ("steps", "patch", "batch", "scales", "max_iter", "cg_iter", "copies"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} is not allowed: an integer >= 1")
+        if self.copies > len(DIHEDRAL):
+            raise ValueError(f"copies={self.copies!r} is not allowed: an integer from 1 to {len(DIHEDRAL)}")
         if self.scales > 4:
             raise ValueError(f"scales={self.scales!r} is not allowed: an integer from 1 to 4")
         if isinstance(self.margin, bool) or not isinstance(self.margin, int) or not 0 <= 2 * self.margin < self.patch:
@@ -140,6 +154,23 @@ def implicit_gradient(make_op, Y: torch.Tensor, Z: torch.Tensor, loss_of, cg_ite
         xs = At.synthesize(Z)
         (loss_of(xs) - (At.synthesize(beta) * (xs - Y)).sum()).backward()
     return float(ell.detach()), S, beta
+
+
+def _untransform_batch(x: torch.Tensor, copies: int) -> torch.Tensor:
+    """``(B * copies, C, H, W)``, copy ``t`` of each patch the ``t``-th of
+    :data:`~deconvnet.restoration.DIHEDRAL`'s transforms -> the mean over copies of their
+    inverses, ``(B, C, H, W)`` (square patches)."""
+    out = []
+    for k, (transpose, rows, cols) in enumerate(DIHEDRAL[:copies]):
+        u = x[k::copies]
+        if cols:
+            u = u.flip(-1)
+        if rows:
+            u = u.flip(-2)
+        if transpose:
+            u = u.transpose(-1, -2)
+        out.append(u)
+    return torch.stack(out).mean(0)
 
 
 def _patches(images: list[np.ndarray], P: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -201,7 +232,7 @@ def tune_for_denoising(net, images, settings: TuneSettings | None = None, *, sta
         X = _patches(data, P, st.batch, rng)
         noisy = X + sigma * rng.standard_normal(X.shape)
         Ys, lows, divs, lams = [], [], [], []
-        for y in noisy:
+        for y in (dihedral(y, t) for y in noisy for t in DIHEDRAL[:st.copies]):  # copy t of patch i: i*T + t
             yn, norm = normalize(np.pad(y, ((0, 0), (pad, pad), (pad, pad)), mode="reflect") if pad else y, kind)
             Ys.append(yn * a + b), lows.append(norm.low), divs.append(norm.divisor)
             lams.append(tuned_lam(noise_lam(noise_std_in(net, norm, sigma), c), sigma, float(gamma.detach())))
@@ -220,6 +251,8 @@ def tune_for_denoising(net, images, settings: TuneSettings | None = None, *, sta
             xr = div * (xs - b) / a + low
             if pad:
                 xr = xr[..., pad:-pad, pad:-pad]
+            if st.copies > 1:
+                xr = _untransform_batch(xr, st.copies)
             e = (xr - Xt)[..., m:P - m, m:P - m]
             return (e * e).sum() / e.shape[0]
 
