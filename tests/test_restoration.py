@@ -287,8 +287,8 @@ def test_cli_inpaint_writes_the_image(files, capsys):
     (["inpaint", "{m}", "{d}/clean.png", "--mask", "{d}/zeros.png", "--adaptive", "0.3", "--out", "{d}/o.png"],
      "--adaptive is denoise's"),
 ], ids=["negative", "nan", "not-a-number", "no-sigma", "layer", "suffix", "unreadable", "missing", "no-model",
-        "copies", "paper-sigma", "paper-copies", "paper-adaptive", "adaptive", "scales-layer2", "mask-size", "mask-zeros", "mask-unreadable",
-        "inpaint-adaptive"])
+        "copies", "paper-sigma", "paper-copies", "paper-adaptive", "adaptive", "scales-layer2", "mask-size",
+        "mask-zeros", "mask-unreadable", "inpaint-adaptive"])
 def test_cli_bad_inputs_are_one_line_errors_before_any_work(files, capsys, argv, match):
     from deconvnet.cli import main
 

@@ -20,9 +20,10 @@ by each entry alone, as locally adaptive wavelet shrinkage sets its threshold fr
 neighbouring coefficients; the first pass is a pilot estimate, as in two-stage denoisers.
 
 ``w`` is an image ``(1, 1, H, W)``; map entry ``(u, v)`` of scale 0, whose atom covers pixels
-``u - s + 1 .. u``, takes the weight of pixel ``u - floor((s - 1) / 2)``, the atom's centre
-(the nearest border pixel's where that is outside the image), and scale ``j`` of :class:`~deconvnet.multiscale.MultiScaleOperator` takes
-the means of ``w`` over ``2^j x 2^j`` blocks (its grid). Since :math:`w \ge 1`, the weighted
+``u - s + 1 .. u``, takes the weight of pixel ``u - floor((s - 1) / 2)``, the atom's
+centre (the nearest border pixel's where that is outside the image), and scale ``j`` of
+:class:`~deconvnet.multiscale.MultiScaleOperator` takes the means of ``w`` over
+``2^j x 2^j`` blocks (its grid). Since :math:`w \ge 1`, the weighted
 problem is the unweighted one of the operator :math:`A\,\mathrm{diag}(1/w)`
 (:class:`ScaledMaps`) in :math:`u = w \odot z`, whose norm is at most :math:`A`'s: FISTA's
 step for ``A`` stays valid. ``benchmarks/bench_restoration_choices.py`` measures it.

@@ -819,7 +819,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="code with layer 1's filters at J scales at once (1-4; default: the recipe's, "
                             "deconvnet.restoration.DENOISE_RECIPE; layer 1 only)")
         p.add_argument("--adaptive", type=float, default=None, metavar="A",
-                       help="denoise: code layer 1 a second time with l1 weights raised up to 1+A times where the first "
+                       help="denoise: code layer 1 a second time with l1 weights raised up to 1+A times where the "
+                            "first "
                             "pass found no structure (denoising; default 0 = off; twice slower)")
         p.add_argument("--two-pass", action="store_true",
                        help="take the low frequencies from a first estimate (twice slower)")
