@@ -411,7 +411,7 @@ def _maps(net, Y: torch.Tensor, top: int, lam1: float, settings: RestoreSettings
                 op = multiscale.weighted(op.sqrt_w)
             p1 = lay.spec_.config.p
             z = _fista(op, target, lam1, p1, settings)
-            if adaptive and settings.adaptive:
+            if adaptive:  # a = 0 returns z as it is
                 z = adaptive_pass(op, target, z, lam1, settings.adaptive, settings.adaptive_kappa,
                                   settings.adaptive_radius, lambda o, t, z0: _fista(o, t, lam1, p1, settings, z0))
             if settings.debias and (settings.inference == "layerwise" or top == 1):
