@@ -3,17 +3,19 @@
     python examples/restoration_figure.py --denoise RUN_DIR [--paper RUN_DIR] [--out docs/figures/restoration.png]
 
 Top row: a 256x256 crop of scikit-image's ``camera`` (not in the training photos), the same
-with Gaussian noise of sigma 25 (0-255 scale, seed 0), the denoising model's result (with its
-recipe, ``deconvnet.restoration.DENOISE_RECIPE``) and, with ``--paper``, the paper network's
+with Gaussian noise of sigma 25 (0-255 scale, seed 0), the denoising model's reconstruction from
+its layer-1 maps (the first stage), its result with its recipe (``deconvnet.restoration.DENOISE_RECIPE``:
+then the Wiener stage) and, with ``--paper``, the paper network's
 layer-1 and layer-2 reconstructions with the paper's protocol (each layer's own ``lam``, layer by
 layer). Bottom row: the crop with 50% of its pixels missing at
 random (seed 0, shown black), ``skimage.restoration.inpaint_biharmonic`` and the denoising
-model's inpainting. Every panel is titled with its PSNR.
+model's inpainting (``INPAINT_RECIPE``). Every panel is titled with its PSNR.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from skimage.restoration import inpaint_biharmonic
 
 import deconvnet as dn
-from deconvnet.restoration import DENOISE_RECIPE, RestoreSettings, recipe_settings, restore
+from deconvnet.restoration import DENOISE_RECIPE, RestoreSettings, recipe_settings, restore, second_stage
 
 
 def main() -> None:
@@ -40,16 +42,18 @@ def main() -> None:
     noisy = clean + np.random.default_rng(0).standard_normal(clean.shape) * 25 / 255
     model = dn.DeconvNet.load(args.denoise)
     layer = DENOISE_RECIPE["layer"]
-    settings = recipe_settings()
-    top = [("clean", clean), ("noisy, sigma 25", noisy),
-           ("denoising model", restore(model, [noisy], sigma=25 / 255, layers=(layer,), settings=settings)[0][layer][0])]
+    settings = recipe_settings("denoise")
+    first = restore(model, [noisy], sigma=25 / 255, layers=(layer,), settings=replace(settings, wiener=0))[0][layer]
+    top = [("clean", clean), ("noisy, sigma 25", noisy), ("denoising model,\nlayer-1 maps", first[0]),
+           ("+ Wiener stage\n(its recipe)", second_stage(noisy[None], first, 25 / 255, settings)[0])]
     if args.paper:
         paper = dn.DeconvNet.load(args.paper)
         # the paper's protocol: every layer's own lam, layer by layer (deconvnet denoise --paper)
         (res,) = restore(paper, [noisy], sigma=None, layers=(1, 2), settings=RestoreSettings(inference="layerwise"))
         top += [("paper net, layer 1\n(paper's protocol)", res[1][0]), ("paper net, layer 2\n(paper's protocol)", res[2][0])]
     mask = (np.random.default_rng(0).random(clean.shape) >= 0.5).astype(float)
-    inpainted = restore(model, [clean * mask], masks=[mask], layers=(layer,), settings=settings)[0][layer][0]
+    inpainted = restore(model, [clean * mask], masks=[mask], layers=(layer,),
+                        settings=recipe_settings("inpaint"))[0][layer][0]
     bottom = [("50% missing", clean * mask), ("inpaint_biharmonic", inpaint_biharmonic(clean * mask, mask == 0)),
               ("denoising model, inpainting", inpainted)]
     n = max(len(top), len(bottom))

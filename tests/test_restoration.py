@@ -22,6 +22,7 @@ import deconvnet as dn
 from deconvnet.config import apply_overrides
 from deconvnet.restoration import (PixelOperator, RestoreSettings, check_masks, check_sigma, debias, fill_missing,
                                    noise_lam, noise_std_in, restore)
+from deconvnet.wiener import wiener_stage
 
 
 def _photos(side=40):
@@ -225,9 +226,10 @@ def test_cli_denoise_with_noise_sigma_prints_the_table_and_writes_the_images(fil
     assert main(["denoise", str(files / "model"), str(files / "clean.png"), "--noise-sigma", "25", "--out",
                  str(out)]) == 0
     text = capsys.readouterr().out
-    for row in ("noisy input", "layer 1", "layer 2"):
+    for row in ("noisy input", "layer 1", "layer 1 \\+ Wiener", "layer 2", "layer 2 \\+ Wiener"):
         assert re.search(rf"{row}\s+\d+\.\d\d\s+0\.\d\d\d", text), text
-    assert out.exists() and (files / "den.noisy.png").exists() and (files / "den.layer2.png").exists()
+    for name in ("den", "den.noisy", "den.layer1", "den.layer2", "den.layer2.wiener"):
+        assert (files / f"{name}.png").exists(), name
     assert main(["denoise", str(files / "model"), str(files / "den.noisy.png"), "--sigma", "25", "--layer", "2",
                  "--out", str(files / "den2.tif")]) == 0
     assert (files / "den2.tif").exists()
@@ -251,6 +253,38 @@ def test_cli_denoise_paper_protocol_uses_each_layers_own_lam_layer_by_layer(file
     # the written 8-bit file is the layer-wise result, not the pixel-refit one
     assert np.abs(got - ref[2][0]).max() <= 1 / 255 + 1e-9
     assert np.abs(pix[2][0] - ref[2][0]).max() > 2 / 255
+
+
+def test_the_wiener_stage_follows_the_first_when_denoising_only(net2):
+    """``wiener=N``: restore's result is :func:`second_stage` of its result without it (clipped,
+    with the noisy image); with a mask (inpainting) the setting changes nothing. The stage itself
+    is checked against a brute-force oracle in test_wiener.py."""
+    img = _photos(24)[0]
+    noisy = img + np.random.default_rng(5).standard_normal(img.shape) * 0.08
+    (first,) = restore(net2, [noisy], sigma=0.08, settings=RestoreSettings())
+    (both,) = restore(net2, [noisy], sigma=0.08, settings=RestoreSettings(wiener=2))
+    ref = np.clip(wiener_stage(noisy[None], first[1], 0.08, patch=8, passes=2), 0, 1)
+    np.testing.assert_allclose(both[1], ref, atol=1e-12)
+    assert np.abs(both[1] - first[1]).max() > 1e-3
+    m = (np.random.default_rng(6).random(img.shape) > 0.3).astype(float)
+    (a,) = restore(net2, [noisy * m], masks=[m], sigma=0.08, settings=RestoreSettings())
+    (b,) = restore(net2, [noisy * m], masks=[m], sigma=0.08, settings=RestoreSettings(wiener=2))
+    np.testing.assert_array_equal(a[1], b[1])
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="wiener="):
+            RestoreSettings(wiener=bad)
+    with pytest.raises(ValueError, match="wiener_patch=1"):
+        RestoreSettings(wiener_patch=1)
+
+
+def test_the_recipes_of_the_two_tasks():
+    from deconvnet.restoration import DENOISE_RECIPE, INPAINT_RECIPE, recipe_settings
+
+    den, inp = recipe_settings("denoise"), recipe_settings("inpaint", copies=2)
+    assert (den.copies, den.wiener, den.scales) == (DENOISE_RECIPE["copies"], DENOISE_RECIPE["wiener"], 2)
+    assert (inp.copies, inp.wiener) == (2, INPAINT_RECIPE["wiener"])
+    with pytest.raises(ValueError, match="task='deblur'"):
+        recipe_settings("deblur")
 
 
 def test_cli_inpaint_writes_the_image(files, capsys):
@@ -286,9 +320,13 @@ def test_cli_inpaint_writes_the_image(files, capsys):
     (["inpaint", "{m}", "{d}/clean.png", "--mask", "{d}/broken.png", "--out", "{d}/o.png"], "broken.png: "),
     (["inpaint", "{m}", "{d}/clean.png", "--mask", "{d}/zeros.png", "--adaptive", "0.3", "--out", "{d}/o.png"],
      "--adaptive is denoise's"),
+    (["denoise", "{m}", "{d}/clean.png", "--paper", "--wiener", "1", "--out", "{d}/o.png"], "--wiener"),
+    (["denoise", "{m}", "{d}/clean.png", "--sigma", "5", "--wiener", "-1", "--out", "{d}/o.png"], "wiener=-1"),
+    (["inpaint", "{m}", "{d}/clean.png", "--mask", "{d}/mask.png", "--wiener", "1", "--out", "{d}/o.png"],
+     "--wiener is denoise's"),
 ], ids=["negative", "nan", "not-a-number", "no-sigma", "layer", "suffix", "unreadable", "missing", "no-model",
         "copies", "paper-sigma", "paper-copies", "paper-adaptive", "adaptive", "scales-layer2", "mask-size",
-        "mask-zeros", "mask-unreadable", "inpaint-adaptive"])
+        "mask-zeros", "mask-unreadable", "inpaint-adaptive", "paper-wiener", "wiener", "inpaint-wiener"])
 def test_cli_bad_inputs_are_one_line_errors_before_any_work(files, capsys, argv, match):
     from deconvnet.cli import main
 

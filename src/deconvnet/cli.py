@@ -443,13 +443,14 @@ def _layers_arg(net, layer) -> int:
         raise UserError(f"--layer {layer}: this model has layers 1 to {net.n_layers}") from err
 
 
-def _settings(args):
+def _settings(args, task: str):
+    """The recipe of ``task`` (``"denoise"`` or ``"inpaint"``) with the options given."""
     from .restoration import recipe_settings  # noqa: PLC0415
 
     try:
         given = {"lam_factor": args.lam_factor, "copies": args.copies, "scales": args.scales,
-                 "adaptive": args.adaptive}
-        return recipe_settings(two_pass=args.two_pass, **{k: v for k, v in given.items() if v is not None})
+                 "adaptive": args.adaptive, "wiener": args.wiener}
+        return recipe_settings(task, two_pass=args.two_pass, **{k: v for k, v in given.items() if v is not None})
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -467,7 +468,7 @@ def _for_layer(settings, args, L: int):
 def cmd_denoise(args) -> int:
     """Denoise one image; with ``--noise-sigma``, add noise to a clean image first and score
     every layer's reconstruction."""
-    from .restoration import restore  # noqa: PLC0415
+    from .restoration import restore, second_stage  # noqa: PLC0415
 
     sigma = _sigma_arg(args.sigma, "--sigma")
     noise = _sigma_arg(args.noise_sigma, "--noise-sigma")
@@ -478,13 +479,13 @@ def cmd_denoise(args) -> int:
                         "to add noise to a clean IMAGE, or --paper")
     if sigma is None and not args.paper:
         sigma = noise
-    settings = _settings(args)
+    settings = _settings(args, "denoise")
     if args.paper:  # the paper's protocol: layer by layer, each layer's own lam, the image alone
         if (args.copies is not None or args.lam_factor is not None or args.two_pass or args.scales is not None
-                or args.adaptive is not None):
+                or args.adaptive is not None or args.wiener is not None):
             raise UserError("--paper is the paper's protocol: leave out --copies, --lam-factor, --scales, "
-                            "--adaptive and --two-pass")
-        settings = replace(settings, inference="layerwise", copies=1, scales=1)
+                            "--adaptive, --wiener and --two-pass")
+        settings = replace(settings, inference="layerwise", copies=1, scales=1, wiener=0)
     weight = "each layer's own lam (the paper's protocol)" if args.paper else f"sigma {sigma:g}"
     out = _check_out_file(args.out)
     (path,) = _image_files([args.image])
@@ -508,9 +509,10 @@ def cmd_denoise(args) -> int:
     layers = list(range(1, net.n_layers + 1))
     s_noise = None if args.paper else sigma / 255.0
     _for_layer(settings, args, L)  # a --scales that cannot be used is refused before any work
-    (res,) = restore(net, [noisy], sigma=s_noise, layers=(1,), settings=settings)  # layer 1 as --layer 1 gives it
+    first = replace(settings, wiener=0)  # each layer's own result; the Wiener stage's rows below
+    (res,) = restore(net, [noisy], sigma=s_noise, layers=(1,), settings=first)  # layer 1 as --layer 1 gives it
     if len(layers) > 1:
-        (up,) = restore(net, [noisy], sigma=s_noise, layers=layers[1:], settings=replace(settings, scales=1))
+        (up,) = restore(net, [noisy], sigma=s_noise, layers=layers[1:], settings=replace(first, scales=1))
         res |= up
     channel = None if clean.ndim == 2 else 2
 
@@ -519,14 +521,19 @@ def cmd_denoise(args) -> int:
                 structural_similarity(clean, est, data_range=1.0, channel_axis=channel))
 
     rows = [("noisy input", *score(noisy), _write_restored(out.with_name(f"{out.stem}.noisy{out.suffix}"), noisy))]
+    wiener = settings.wiener > 0 and s_noise is not None
     for k in layers:
         est = _hwc(res[k])
-        target = out if k == L else out.with_name(f"{out.stem}.layer{k}{out.suffix}")
-        rows.append((f"layer {k}", *score(est), _write_restored(target, est)))
+        name = out.with_name(f"{out.stem}.layer{k}{out.suffix}")
+        rows.append((f"layer {k}", *score(est), _write_restored(out if k == L and not wiener else name, est)))
+        if wiener:  # what denoise --sigma gives: the layer's result, then the Wiener stage with it as the pilot
+            est = _hwc(second_stage(_chw(noisy), res[k], s_noise, settings))
+            name = out.with_name(f"{out.stem}.layer{k}.wiener{out.suffix}")
+            rows.append((f"layer {k} + Wiener", *score(est), _write_restored(out if k == L else name, est)))
     print(f"{path.name}: Gaussian noise of sigma {noise:g} (0-255 scale, seed {args.seed}), denoised with {weight}")
-    print(f"{'':<12} {'PSNR dB':>8} {'SSIM':>6}  file")
+    print(f"{'':<18} {'PSNR dB':>8} {'SSIM':>6}  file")
     for name, p, s_, f in rows:
-        print(f"{name:<12} {p:8.2f} {s_:6.3f}  {f}")
+        print(f"{name:<18} {p:8.2f} {s_:6.3f}  {f}")
     return 0
 
 
@@ -596,6 +603,11 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def _chw(x: np.ndarray) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, C)`` -> ``(C, H, W)``."""
+    return x[None] if x.ndim == 2 else np.moveaxis(x, 2, 0)
+
+
 def _hwc(x: np.ndarray) -> np.ndarray:
     """``(C, H, W)`` -> ``(H, W)`` (grey) or ``(H, W, C)``."""
     return x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, 2)
@@ -608,7 +620,9 @@ def cmd_inpaint(args) -> int:
     sigma = _sigma_arg(args.sigma, "--sigma")
     if args.adaptive is not None:
         raise UserError("--adaptive is denoise's (the second pass codes images without missing pixels): leave it out")
-    settings = _settings(args)
+    if args.wiener is not None:
+        raise UserError("--wiener is denoise's (the Wiener stage filters images without missing pixels): leave it out")
+    settings = _settings(args, "inpaint")
     out = _check_out_file(args.out)
     (path,) = _image_files([args.image])
     (mpath,) = _image_files([args.mask])
@@ -813,15 +827,18 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--lam-factor", type=float, default=None, metavar="C",
                        help="c in lam = c / sigma_y at layer 1 (default: deconvnet.restoration.LAM_FACTOR)")
         p.add_argument("--copies", type=int, default=None, metavar="N",
-                       help="average the results of N of the 8 flips/transpositions of the image (1-8; "
-                            "default 8, about +0.3 dB over 1; N times slower than 1)")
+                       help="average the results of N of the 8 flips/transpositions of the image (1-8; N times "
+                            "slower than 1; default: denoise 1, after which the Wiener stage leaves nothing for "
+                            "more copies to gain; inpaint 8, about +0.3 dB over 1)")
         p.add_argument("--scales", type=int, default=None, metavar="J",
                        help="code with layer 1's filters at J scales at once (1-4; default: the recipe's, "
                             "deconvnet.restoration.DENOISE_RECIPE; layer 1 only)")
         p.add_argument("--adaptive", type=float, default=None, metavar="A",
                        help="denoise: code layer 1 a second time with l1 weights raised up to 1+A times where the "
-                            "first "
-                            "pass found no structure (denoising; default 0 = off; twice slower)")
+                            "first pass found no structure (default 0 = off; twice slower)")
+        p.add_argument("--wiener", type=int, default=None, metavar="N",
+                       help="denoise: passes of the second stage, empirical Wiener filtering of 8x8 DCT patches "
+                            "with the network's result as the pilot (default: the recipe's 3; 0 = off)")
         p.add_argument("--two-pass", action="store_true",
                        help="take the low frequencies from a first estimate (twice slower)")
         device(p)

@@ -38,7 +38,8 @@ Presets (``PRESETS``):
     so that noise stays white and its level is known after the preprocessing), whole images
     (``max_side`` none) of which training takes one random 96x96 window each (``crop``). A
     layer 2, if asked for, has 64 maps on random pairs of layer-1 maps. How it restores (the
-    noise-aware ``lam``, flipped copies) is :data:`deconvnet.restoration.DENOISE_RECIPE`;
+    noise-aware ``lam``, the Wiener stage, flipped copies) is
+    :data:`deconvnet.restoration.DENOISE_RECIPE` / :data:`~deconvnet.restoration.INPAINT_RECIPE`;
     trained on BSDS500's 200 training photos (``deconvnet train ../shared/data/bsds500-train
     --preset denoise``) it is what the README's restoration benchmark scores.
 ``fista`` (formerly ``fast``, which still works)

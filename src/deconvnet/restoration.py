@@ -50,6 +50,12 @@ with a noise level (denoising, or inpainting's ``inpaint_sigma``) codes with the
 ``lam`` by its tuned :math:`(\sigma / \sigma_0)^{-\gamma}` (:func:`tuned_lam`). The paper's protocol
 (``sigma=None``) and restoration from layers above 1 do not use them.
 
+**The second stage.** ``RestoreSettings(wiener=N)`` (the recipe's 3) filters the noisy image
+with each layer's (clipped) result as the pilot: empirical Wiener gains on every 8x8 DCT patch,
+the patches averaged where they overlap, ``N`` passes each with the last result as the pilot
+(:mod:`deconvnet.wiener`, :func:`second_stage`), as two-stage denoisers do (BM3D's second step,
+without its grouping). Denoising only (a noise level and no mask).
+
 **The paper's protocol.** ``sigma=None`` and ``RestoreSettings(inference="layerwise")`` infer
 every layer with its own trained ``lam``, layer by layer, as the paper did (``deconvnet denoise
 --paper``); the noise-aware weight is this package's addition.
@@ -75,19 +81,27 @@ from .adaptive import adaptive_pass
 from .images import read_images
 from .multiscale import MultiScaleOperator
 from .preprocess import CROP, Normalization, normalize, undo
+from .wiener import wiener_stage
 
-__all__ = ["RestoreSettings", "LAM_FACTOR", "DENOISE_RECIPE", "recipe_settings", "noise_lam", "noise_std_in",
-           "restore", "denoise", "inpaint", "fill_missing", "check_sigma", "check_masks", "PixelOperator", "DIHEDRAL",
-           "SIGMA_REF", "tuned_lam", "dihedral", "undo_dihedral", "tuned_operator", "support_solve", "debias"]
+__all__ = ["RestoreSettings", "LAM_FACTOR", "DENOISE_RECIPE", "INPAINT_RECIPE", "recipe_settings", "noise_lam",
+           "noise_std_in", "restore", "second_stage", "denoise", "inpaint", "fill_missing", "check_sigma", "check_masks",
+           "PixelOperator", "DIHEDRAL", "SIGMA_REF", "tuned_lam", "dihedral", "undo_dihedral", "tuned_operator",
+           "support_solve", "debias"]
 
 #: ``c`` of the noise-aware weight ``lam = c / sigma_y`` (see the module docstring).
 LAM_FACTOR = 0.35
 
-#: how the ``denoise`` preset's model restores (README, "Restoration"): from layer 1's maps, the
+#: how the ``denoise`` preset's model denoises (README, "Restoration"): from layer 1's maps, the
 #: noise-aware ``lam`` with :data:`LAM_FACTOR`, layer 1's filters at 2 scales coded jointly
-#: (:mod:`deconvnet.multiscale`), the mean of the 8 flips and transpositions of the image (8
-#: times the time of the image alone; ``benchmarks/bench_restoration_choices.py``).
-DENOISE_RECIPE = {"layer": 1, "lam_factor": LAM_FACTOR, "copies": 8, "scales": 2}
+#: (:mod:`deconvnet.multiscale`), the image alone, then 3 passes of the Wiener stage with that
+#: result as the pilot (:mod:`deconvnet.wiener`). Averaging flipped copies before the stage
+#: gains 0.01 dB or less at 8 times the time (``benchmarks/bench_restoration.py``).
+DENOISE_RECIPE = {"layer": 1, "lam_factor": LAM_FACTOR, "copies": 1, "scales": 2, "wiener": 3}
+
+#: how it inpaints: the same, with the mean of the 8 flips and transpositions of the image (8
+#: times the time of the image alone; ``benchmarks/bench_restoration_choices.py``) and no
+#: Wiener stage (there is no noise level).
+INPAINT_RECIPE = {"layer": 1, "lam_factor": LAM_FACTOR, "copies": 8, "scales": 2, "wiener": 0}
 
 #: the 8 flips and transpositions of a square (``(transpose, flip rows, flip columns)``).
 DIHEDRAL = tuple((t, r, c) for t in (False, True) for r in (False, True) for c in (False, True))
@@ -115,7 +129,9 @@ class RestoreSettings:
     0.005 / 0.002 / 0.001 on 50% missing pixels). ``adaptive``: ``a`` of the second pass with
     locally adaptive l1 weights at layer 1 (:mod:`deconvnet.adaptive`; 0 = none), when denoising
     (a noise level and no mask); ``adaptive_kappa`` and ``adaptive_radius``: its
-    ``kappa`` and ``r``.
+    ``kappa`` and ``r``. ``wiener``: passes of the second stage, empirical Wiener filtering of
+    sliding ``wiener_patch x wiener_patch`` DCT patches with the network's result as the pilot
+    (:mod:`deconvnet.wiener`; 0 = none), when denoising (a noise level and no mask).
     """
 
     lam_factor: float = LAM_FACTOR
@@ -133,6 +149,8 @@ class RestoreSettings:
     adaptive: float = 0.0
     adaptive_kappa: float = 0.1
     adaptive_radius: float = 3.0
+    wiener: int = 0
+    wiener_patch: int = 8
 
     def __post_init__(self):
         a = self.adaptive
@@ -153,12 +171,20 @@ class RestoreSettings:
             raise ValueError(f"copies={self.copies!r} is not allowed: an integer from 1 to 8")
         if self.scales not in range(1, 5) or isinstance(self.scales, bool):
             raise ValueError(f"scales={self.scales!r} is not allowed: an integer from 1 to 4")
+        if isinstance(self.wiener, bool) or not isinstance(self.wiener, int) or self.wiener < 0:
+            raise ValueError(f"wiener={self.wiener!r} is not allowed: an integer >= 0 (passes; 0 = none)")
+        if isinstance(self.wiener_patch, bool) or not isinstance(self.wiener_patch, int) or self.wiener_patch < 2:
+            raise ValueError(f"wiener_patch={self.wiener_patch!r} is not allowed: an integer >= 2")
 
 
-def recipe_settings(**overrides) -> RestoreSettings:
-    """:class:`RestoreSettings` of :data:`DENOISE_RECIPE` (what ``deconvnet denoise`` and
-    ``inpaint`` use by default), with ``overrides``."""
-    return RestoreSettings(**({k: v for k, v in DENOISE_RECIPE.items() if k != "layer"} | overrides))
+def recipe_settings(task: str = "denoise", **overrides) -> RestoreSettings:
+    """:class:`RestoreSettings` of :data:`DENOISE_RECIPE` (``task="denoise"``) or
+    :data:`INPAINT_RECIPE` (``"inpaint"``), what ``deconvnet denoise`` / ``inpaint`` use by
+    default, with ``overrides``."""
+    recipes = {"denoise": DENOISE_RECIPE, "inpaint": INPAINT_RECIPE}
+    if task not in recipes:
+        raise ValueError(f"task={task!r} is not allowed: 'denoise' or 'inpaint'")
+    return RestoreSettings(**({k: v for k, v in recipes[task].items() if k != "layer"} | overrides))
 
 
 # ------------------------------------------------------------------ checks
@@ -510,8 +536,19 @@ def restore(net, images, *, sigma: float | None = None, masks=None, layers=(1,),
         res = {L: v / settings.copies for L, v in acc.items()}
         if settings.clip:
             res = {L: np.clip(v, 0.0, 1.0) for L, v in res.items()}
+        if settings.wiener and sigma and m is None:  # the second stage, with each (clipped) result as the pilot
+            res = {L: second_stage(x, v, sigma, settings) for L, v in res.items()}
         results.append(res)
     return results
+
+
+def second_stage(noisy: np.ndarray, pilot: np.ndarray, sigma: float, settings: RestoreSettings) -> np.ndarray:
+    """``settings.wiener`` passes of the Wiener stage (:func:`deconvnet.wiener.wiener_stage`,
+    patches of ``settings.wiener_patch``) of ``noisy`` ``(C, H, W)`` with the first stage's
+    result ``pilot`` as the pilot, clipped to [0, 1] if ``settings.clip``: what :func:`restore`
+    does when denoising with ``settings.wiener > 0``."""
+    out = wiener_stage(noisy, pilot, sigma, patch=settings.wiener_patch, passes=max(1, settings.wiener))
+    return np.clip(out, 0.0, 1.0) if settings.clip else out
 
 
 def _normalize_padded(net, x: np.ndarray):
