@@ -472,7 +472,9 @@ class DeconvNet:
         """Remove white Gaussian noise of standard deviation ``sigma`` (on the [0, 1] scale)
         from ``images``, reconstructing them from the maps of ``layer`` alone, with a
         noise-aware ``lam`` at layer 1; returns ``(H, W)`` / ``(H, W, 3)`` arrays in [0, 1]
-        at the images' own size. See :func:`deconvnet.restoration.denoise`."""
+        at the images' own size. ``settings``: :class:`~deconvnet.RestoreSettings` (default: the
+        image alone at one scale, no Wiener stage); ``deconvnet.restoration.recipe_settings()``
+        is what ``deconvnet denoise`` uses. See :func:`deconvnet.restoration.denoise`."""
         from .restoration import denoise  # noqa: PLC0415
 
         return denoise(self, images, sigma, layer=layer, settings=settings)
