@@ -18,12 +18,12 @@ up to :math:`\sigma^2`):
 This is the empirical Wiener filter of two-stage denoisers (the second step of BM3D, Dabov et
 al. 2007, without its grouping of similar patches; sliding-window DCT filtering, Yaroslavsky
 1996): the gain of each coefficient is that of the linear estimator which would be optimal if
-the pilot were the clean image. It corrects what l1 coding does badly: the shrinkage bias of the
-coefficients the maps keep, and the atoms fitted to noise, which become weak coefficients with
-gains near 0 for the noisy data they did not explain (``passes`` > 1 takes the first stage's
-result as the next pilot). The image is padded by symmetric reflection by ``n - 1`` pixels so
-that every pixel is covered by ``n^2`` patches. ``benchmarks/bench_restoration.py`` measures it,
-also on other denoisers' results (how much of the gain is this stage's).
+the pilot were the clean image. Unlike l1 coding it does not shrink what it keeps (where the
+pilot's energy is well above the noise the gain is near 1), and every pixel is a weighted mean
+of ``n^2`` patch estimates. ``passes`` > 1 takes each pass's result as the next pilot. The
+image is padded by symmetric reflection by ``n - 1`` pixels so that every pixel is covered by
+``n^2`` patches. ``benchmarks/bench_restoration.py`` measures it, also on other denoisers'
+results (how much of the gain is this stage's).
 """
 
 from __future__ import annotations
