@@ -47,8 +47,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from common import environment, parse
-from skimage import color, data, util
+from common import environment, grey_crops, parse
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.restoration import (denoise_nl_means, denoise_tv_chambolle, denoise_wavelet, estimate_sigma,
                                  inpaint_biharmonic)
@@ -58,24 +57,6 @@ from deconvnet.restoration import RestoreSettings, recipe_settings, restore
 from deconvnet.wiener import wiener_stage
 
 PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "coins", "rocket")
-
-
-def test_images(side: int, folder: str | None, photos: bool = True) -> dict[str, np.ndarray]:
-    """Grey centre crops (at most ``side x side``) of scikit-image's photos (if ``photos``) and of
-    ``folder``'s files."""
-    out = {}
-    for name in PHOTOS if photos else ():
-        im = util.img_as_float64(getattr(data, name)())
-        out[name] = color.rgb2gray(im[..., :3]) if im.ndim == 3 else im
-    if folder:
-        for p in dn.images.list_images(folder):
-            out[p.name] = dn.images.load_image(p, "gray")[0]
-    for name, im in out.items():
-        H, W = im.shape
-        h, w = min(side, H), min(side, W)
-        t, l = (H - h) // 2, (W - w) // 2
-        out[name] = np.ascontiguousarray(im[t:t + h, l:l + w])
-    return out
 
 
 def text_mask(shape, seed: int = 0) -> np.ndarray:
@@ -150,7 +131,7 @@ def main() -> int:
     model_layer = recipe.get("layer", 1)
     if args.no_skimage_photos and not args.images:
         ap.error("--no-skimage-photos needs --images DIR")
-    images = test_images(args.side, args.images, photos=not args.no_skimage_photos)
+    images = grey_crops(() if args.no_skimage_photos else PHOTOS, args.images, args.side)
     sigmas = [float(s) for s in args.sigmas.split(",")]
     bm3d = bm3d_or_none()
     tuned = f", tuned for {model.tuning_['steps']} steps" if model.tuning_ else ", not tuned"

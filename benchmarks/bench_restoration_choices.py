@@ -26,8 +26,7 @@ import argparse
 import sys
 
 import numpy as np
-from common import environment, parse
-from skimage import color, data, util
+from common import environment, grey_crops, parse
 from skimage.metrics import peak_signal_noise_ratio
 from skimage.restoration import inpaint_biharmonic
 
@@ -35,27 +34,6 @@ import deconvnet as dn
 from deconvnet.restoration import RestoreSettings, restore
 
 PHOTOS = ("camera", "astronaut", "coffee", "coins")
-
-
-def folder_photos(folder: str, side: int = 256) -> list[np.ndarray]:
-    """Grey centre crops (at most ``side x side``) of the images in ``folder``."""
-    out = []
-    for p in dn.images.list_images(folder):
-        im = dn.images.load_image(p, "gray")[0]
-        H, W = im.shape
-        h, w = min(side, H), min(side, W)
-        out.append(np.ascontiguousarray(im[(H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w]))
-    return out
-
-
-def photos(side: int = 256) -> list[np.ndarray]:
-    out = []
-    for name in PHOTOS:
-        im = util.img_as_float64(getattr(data, name)())
-        im = color.rgb2gray(im[..., :3]) if im.ndim == 3 else im
-        H, W = im.shape
-        out.append(np.ascontiguousarray(im[(H - side) // 2:(H + side) // 2, (W - side) // 2:(W + side) // 2]))
-    return out
 
 
 def mean_psnr(net, images, sigma255, layers=(1,), own_lam=False, **settings) -> dict[int, float]:
@@ -85,7 +63,7 @@ def main() -> int:
     print(f"# {environment(args.device)}")
     model = dn.DeconvNet.load(args.denoise, device=args.device)
     paper = dn.DeconvNet.load(args.paper, device=args.device)
-    images = photos() if args.images is None else folder_photos(args.images)
+    images = list(grey_crops(PHOTOS if args.images is None else (), args.images).values())
     if not images:
         ap.error(f"--images {args.images}: no images there")
     print(f"# {len(images)} photos: " + ("scikit-image's " + ", ".join(PHOTOS) if args.images is None

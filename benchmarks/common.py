@@ -7,7 +7,7 @@ import platform
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
-from skimage import data
+from skimage import color, data, util
 
 import deconvnet as dn
 
@@ -87,3 +87,21 @@ def path_table() -> str:
         cells = "".join(f"{c.seconds[n] * 1e3:>23.2f}{' ' if c.exact[n] else '!'}" for n in names)
         lines.append(f"#   {describe_key(c.key):<58} {str(c.path):<24}{cells}")
     return "\n".join(lines)
+
+
+def grey_crops(names=(), folder: str | None = None, side: int = 256) -> dict[str, np.ndarray]:
+    """Grey centre crops (at most ``side x side``) of scikit-image's sample photos ``names`` and of
+    the image files in ``folder``, by name, in [0, 1]."""
+    out = {}
+    for name in names:
+        im = util.img_as_float64(getattr(data, name)())
+        out[name] = color.rgb2gray(im[..., :3]) if im.ndim == 3 else im
+    if folder:
+        for p in dn.images.list_images(folder):
+            out[p.name] = dn.images.load_image(p, "gray")[0]
+    for name, im in out.items():
+        H, W = im.shape
+        h, w = min(side, H), min(side, W)
+        t, l = (H - h) // 2, (W - w) // 2
+        out[name] = np.ascontiguousarray(im[t:t + h, l:l + w])
+    return out

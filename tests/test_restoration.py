@@ -277,6 +277,22 @@ def test_the_wiener_stage_follows_the_first_when_denoising_only(net2):
         RestoreSettings(wiener_patch=1)
 
 
+def test_dihedral_copies_are_the_8_symmetries_and_undo_inverts_them_in_numpy_and_torch():
+    """The 8 transforms are the square's 8 symmetries (np.rot90 of the image and of its mirror);
+    undo_dihedral inverts each, on numpy arrays and on torch tensors alike."""
+    from deconvnet.restoration import DIHEDRAL, dihedral, undo_dihedral
+
+    x = np.random.default_rng(0).random((2, 5, 5))
+    seen = {dihedral(x, t).tobytes() for t in DIHEDRAL}
+    brute = {np.ascontiguousarray(np.rot90(v, k, axes=(1, 2))).tobytes() for v in (x, x[:, :, ::-1])
+             for k in range(4)}
+    assert seen == brute and len(seen) == 8
+    for t in DIHEDRAL:
+        y = dihedral(x, t)
+        np.testing.assert_array_equal(undo_dihedral(y, t), x)
+        np.testing.assert_array_equal(undo_dihedral(torch.from_numpy(y), t).numpy(), x)
+
+
 def test_the_recipes_of_the_two_tasks():
     from deconvnet.restoration import DENOISE_RECIPE, INPAINT_RECIPE, recipe_settings
 

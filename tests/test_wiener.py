@@ -30,6 +30,9 @@ def test_dct_matrix_is_scipys_orthonormal_dct():
     for n in (2, 5, 8):
         T = dct_matrix(n)
         np.testing.assert_allclose(T, dct(np.eye(n), norm="ortho", axis=0), atol=1e-12)
+        k, i = np.arange(n)[:, None], np.arange(n)[None, :]  # the docstring's closed form
+        closed = np.sqrt(np.where(k == 0, 1.0, 2.0) / n) * np.cos(np.pi * (2 * i + 1) * k / (2 * n))
+        np.testing.assert_allclose(T, closed, atol=1e-12)
         np.testing.assert_allclose(T @ T.T, np.eye(n), atol=1e-12)
 
 

@@ -829,7 +829,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--copies", type=int, default=None, metavar="N",
                        help="average the results of N of the 8 flips/transpositions of the image (1-8; N times "
                             "slower than 1; default: denoise 1, after which the Wiener stage leaves nothing for "
-                            "more copies to gain; inpaint 8, about +0.3 dB over 1)")
+                            "more copies to gain; inpaint 8)")
         p.add_argument("--scales", type=int, default=None, metavar="J",
                        help="code with layer 1's filters at J scales at once (1-4; default: the recipe's, "
                             "deconvnet.restoration.DENOISE_RECIPE; layer 1 only)")

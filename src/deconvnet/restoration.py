@@ -94,8 +94,9 @@ LAM_FACTOR = 0.35
 #: how the ``denoise`` preset's model denoises (README, "Restoration"): from layer 1's maps, the
 #: noise-aware ``lam`` with :data:`LAM_FACTOR`, layer 1's filters at 2 scales coded jointly
 #: (:mod:`deconvnet.multiscale`), the image alone, then 3 passes of the Wiener stage with that
-#: result as the pilot (:mod:`deconvnet.wiener`). Averaging flipped copies before the stage
-#: gains 0.01 dB or less at 8 times the time (``benchmarks/bench_restoration.py``).
+#: result as the pilot (:mod:`deconvnet.wiener`). Averaging the 8 flipped copies before the
+#: stage gains nothing measurable at about 7 times the time (``benchmarks/bench_restoration.py``,
+#: its "8 copies" rows).
 DENOISE_RECIPE = {"layer": 1, "lam_factor": LAM_FACTOR, "copies": 1, "scales": 2, "wiener": 3}
 
 #: how it inpaints: the same, with the mean of the 8 flips and transpositions of the image (8
@@ -298,16 +299,16 @@ def dihedral(x: np.ndarray, t) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def undo_dihedral(x: np.ndarray, t) -> np.ndarray:
-    """The inverse of :func:`dihedral` ``(x, t)``."""
+def undo_dihedral(x, t):
+    """The inverse of :func:`dihedral` ``(x, t)`` on ``(..., H, W)``: a numpy array (returned
+    contiguous) or a torch tensor (differentiable; the tuning loss through the copies)."""
     transpose, rows, cols = t
-    if cols:
-        x = x[:, :, ::-1]
-    if rows:
-        x = x[:, ::-1]
-    if transpose:
-        x = x.transpose(0, 2, 1)
-    return np.ascontiguousarray(x)
+    axes = tuple(a for a, flip in ((-2, rows), (-1, cols)) if flip)
+    if isinstance(x, torch.Tensor):
+        x = x.flip(axes) if axes else x
+        return x.transpose(-1, -2) if transpose else x
+    x = np.flip(x, axes) if axes else x
+    return np.ascontiguousarray(x.swapaxes(-1, -2) if transpose else x)
 
 
 class PixelOperator:
@@ -547,7 +548,7 @@ def second_stage(noisy: np.ndarray, pilot: np.ndarray, sigma: float, settings: R
     patches of ``settings.wiener_patch``) of ``noisy`` ``(C, H, W)`` with the first stage's
     result ``pilot`` as the pilot, clipped to [0, 1] if ``settings.clip``: what :func:`restore`
     does when denoising with ``settings.wiener > 0``."""
-    out = wiener_stage(noisy, pilot, sigma, patch=settings.wiener_patch, passes=max(1, settings.wiener))
+    out = wiener_stage(noisy, pilot, sigma, patch=settings.wiener_patch, passes=settings.wiener)
     return np.clip(out, 0.0, 1.0) if settings.clip else out
 
 

@@ -60,7 +60,7 @@ import torch
 
 from .preprocess import CROP
 from .restoration import (DIHEDRAL, LAM_FACTOR, SIGMA_REF, dihedral, noise_lam, noise_std_in, support_solve,
-                          tuned_lam, tuned_operator)
+                          tuned_lam, tuned_operator, undo_dihedral)
 
 __all__ = ["TuneSettings", "TuneRecord", "tune_for_denoising", "implicit_gradient", "lam_derivative"]
 
@@ -160,17 +160,7 @@ def _untransform_batch(x: torch.Tensor, copies: int) -> torch.Tensor:
     """``(B * copies, C, H, W)``, copy ``t`` of each patch the ``t``-th of
     :data:`~deconvnet.restoration.DIHEDRAL`'s transforms -> the mean over copies of their
     inverses, ``(B, C, H, W)`` (square patches)."""
-    out = []
-    for k, (transpose, rows, cols) in enumerate(DIHEDRAL[:copies]):
-        u = x[k::copies]
-        if cols:
-            u = u.flip(-1)
-        if rows:
-            u = u.flip(-2)
-        if transpose:
-            u = u.transpose(-1, -2)
-        out.append(u)
-    return torch.stack(out).mean(0)
+    return torch.stack([undo_dihedral(x[k::copies], t) for k, t in enumerate(DIHEDRAL[:copies])]).mean(0)
 
 
 def _patches(images: list[np.ndarray], P: int, n: int, rng: np.random.Generator) -> np.ndarray:

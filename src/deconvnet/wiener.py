@@ -33,6 +33,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.fft import dct
 
 __all__ = ["dct_matrix", "wiener_stage"]
 
@@ -42,12 +43,9 @@ CHUNK = 1 << 22
 
 
 def dct_matrix(n: int) -> np.ndarray:
-    r"""The orthonormal DCT-II matrix ``(n, n)``: :math:`T_{ki} = s_k \cos(\pi (2i + 1) k / 2n)`,
+    r"""The orthonormal DCT-II matrix ``(n, n)`` (scipy's): :math:`T_{ki} = s_k \cos(\pi (2i + 1) k / 2n)`,
     :math:`s_0 = \sqrt{1/n}`, :math:`s_k = \sqrt{2/n}`."""
-    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
-    t = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
-    t[0] /= math.sqrt(2.0)
-    return t
+    return dct(np.eye(n), norm="ortho", axis=0)
 
 
 def _check(name: str, v, low: int) -> int:
